@@ -1,0 +1,1 @@
+"""Streamlit dashboard for fleetcast; reads only from the service HTTP API."""

@@ -1,0 +1,184 @@
+"""The record contract: the one place that says what a fleet record is.
+
+Every other part of fleetcast imports from here: the Pandera dataset model
+(``models.validation``), the feed endpoint (``serving``), the simulator and the
+dashboard. Nothing else may restate a field name, range, profile or status.
+
+Timestamps are UTC. In DataFrames they are tz-naive ``datetime64[ns]`` holding
+UTC wall time; on the wire they are ISO 8601 strings (an offset is accepted and
+converted to UTC, a naive string is taken as UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# --- sizes and cadence -------------------------------------------------------------------------------
+STEP_MINUTES = 5
+STEP = pd.Timedelta(minutes=STEP_MINUTES)
+STEP_FREQ = "5min"
+STEPS_PER_HOUR = 60 // STEP_MINUTES  # 12
+STEPS_PER_DAY = 24 * STEPS_PER_HOUR  # 288
+ENCODER_STEPS = 288  # 24 h of history
+HORIZON_STEPS = 96  # 8 h ahead
+MIN_ENCODER_STEPS = 12  # 1 h: the least history a server needs for a forecast
+
+DEFAULT_SERVERS = 20
+DEFAULT_DAYS = 60
+DEFAULT_STEPS = DEFAULT_DAYS * STEPS_PER_DAY  # 17,280
+DEFAULT_ROWS = DEFAULT_SERVERS * DEFAULT_STEPS  # 345,600
+
+# --- categories --------------------------------------------------------------------------------------
+PROFILES: tuple[str, ...] = (
+    "conductor_mgmt",
+    "data_ingest",
+    "database",
+    "generic",
+    "ml_compute",
+    "risk_analytics",
+    "web_api",
+)
+DEFAULT_PROFILE = "generic"
+STATUSES: tuple[str, ...] = ("healthy", "warning", "critical")
+
+# --- fields ------------------------------------------------------------------------------------------
+TIMESTAMP = "timestamp"
+SERVER = "server_name"
+STATUS = "status"
+PROFILE = "profile"
+METRICS: tuple[str, ...] = ("cpu_percent", "memory_percent", "disk_percent", "load_average")
+PERCENT_METRICS: tuple[str, ...] = ("cpu_percent", "memory_percent", "disk_percent")
+METRIC_LABELS: dict[str, str] = {
+    "cpu_percent": "CPU",
+    "memory_percent": "Memory",
+    "disk_percent": "Disk",
+    "load_average": "Load",
+}
+SERVER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_LOAD_AVERAGE = 1024.0  # a sanity cap: above this a value is a unit error, not a busy server
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One record field: its DataFrame dtype and the values it may take."""
+
+    name: str
+    dtype: str  # pandas dtype name used in DataFrames and Parquet
+    description: str
+    ge: float | None = None
+    le: float | None = None
+    isin: tuple[str, ...] | None = None
+    pattern: str | None = None
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(TIMESTAMP, "datetime64[ns]", "UTC time of the 5-minute sample"),
+    FieldSpec(SERVER, "str", "host name of the server", pattern=SERVER_NAME_PATTERN),
+    FieldSpec("cpu_percent", "float64", "CPU utilisation, %", ge=0.0, le=100.0),
+    FieldSpec("memory_percent", "float64", "memory in use, %", ge=0.0, le=100.0),
+    FieldSpec("disk_percent", "float64", "disk space in use, %", ge=0.0, le=100.0),
+    FieldSpec("load_average", "float64", "1-minute load average", ge=0.0, le=MAX_LOAD_AVERAGE),
+    FieldSpec(STATUS, "str", "health status reported with the sample", isin=STATUSES),
+    FieldSpec(PROFILE, "str", "workload profile of the server", isin=PROFILES),
+)
+FIELDS_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
+COLUMNS: tuple[str, ...] = tuple(f.name for f in FIELDS)
+
+
+def normalize_profile(profile: str | None) -> tuple[str, bool]:
+    """Map a profile to a known one. Returns (profile, was_known); unknown ones become ``generic``."""
+    if profile in PROFILES:
+        return profile, True
+    return DEFAULT_PROFILE, False
+
+
+def to_utc_naive(value: Any) -> datetime:
+    """Parse an ISO 8601 string or datetime; aware values are converted to UTC, naive ones taken as UTC."""
+    if isinstance(value, datetime):
+        ts = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        ts = datetime.fromisoformat(text)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        # epoch seconds, as some shippers send them
+        ts = datetime.fromtimestamp(float(value), tz=UTC)
+    else:
+        raise ValueError("timestamp must be an ISO 8601 string or epoch seconds")
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts
+
+
+def _bounds(name: str) -> dict[str, float]:
+    spec = FIELDS_BY_NAME[name]
+    out: dict[str, float] = {}
+    if spec.ge is not None:
+        out["ge"] = spec.ge
+    if spec.le is not None:
+        out["le"] = spec.le
+    return out
+
+
+class Record(BaseModel):
+    """One record as it arrives on the wire (POST /feed/data) and as the simulator emits it live.
+
+    Unknown profiles are *not* an error here: :func:`normalize_profile` maps them to ``generic``
+    and the feed reports a warning. Everything else out of contract is a validation error.
+    """
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    timestamp: datetime
+    server_name: str = Field(pattern=SERVER_NAME_PATTERN)
+    cpu_percent: float = Field(allow_inf_nan=False, **_bounds("cpu_percent"))
+    memory_percent: float = Field(allow_inf_nan=False, **_bounds("memory_percent"))
+    disk_percent: float = Field(allow_inf_nan=False, **_bounds("disk_percent"))
+    load_average: float = Field(allow_inf_nan=False, **_bounds("load_average"))
+    status: str = "healthy"
+    profile: str = DEFAULT_PROFILE
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> datetime:
+        return to_utc_naive(value)
+
+    @field_validator("cpu_percent", "memory_percent", "disk_percent", "load_average", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: str) -> str:
+        status = value.lower()
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        return status
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile(cls, value: Any) -> str:
+        if value is None:
+            return DEFAULT_PROFILE
+        if not isinstance(value, str):
+            raise ValueError("profile must be a string")
+        return value.strip().lower()
+
+
+def empty_frame() -> pd.DataFrame:
+    """An empty DataFrame with the contract's columns and dtypes."""
+    return pd.DataFrame({f.name: pd.Series(dtype=("object" if f.dtype == "str" else f.dtype)) for f in FIELDS})
+
+
+def is_valid_server_name(name: str) -> bool:
+    return bool(re.match(SERVER_NAME_PATTERN, name))

@@ -1,0 +1,1 @@
+"""Dagster definitions for fleetcast: thin glue over models/."""

@@ -1,0 +1,1 @@
+"""BentoML inference service for fleetcast."""
