@@ -1,0 +1,178 @@
+"""The `fleetcast` command: what users type.
+
+    fleetcast pipeline [--retrain]   materialize the whole asset graph once (dataset → champion → Bento model)
+    fleetcast demo [--retrain]       pipeline (unless a packaged champion exists), then start every service:
+                                     Dagster :3000, MLflow :5000, BentoML :8000 (demo fleet on), Streamlit :8501
+
+All state goes to the embedded defaults of models/config.py (./data), each overridable by environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from models import config
+
+log = logging.getLogger("fleetcast")
+
+PORTS = {"dagster": 3000, "mlflow": 5000, "service": 8000, "dashboard": 8501}
+
+
+def service_env() -> dict[str, str]:
+    """The environment every child process shares, so all of them see the same state."""
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(config.dagster_home()))
+    env.setdefault("BENTOML_HOME", str(config.bentoml_home()))
+    env.setdefault("MLFLOW_TRACKING_URI", config.mlflow_tracking_uri())
+    env.setdefault("FLEETCAST_STORE_URL", config.store_url())
+    env.setdefault("FLEETCAST_API_URL", f"http://localhost:{PORTS['service']}")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _bin(name: str) -> str:
+    """An executable of this virtual environment (beside the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def packaged_champion_exists() -> bool:
+    """True when BentoML's model store already holds a packaged champion."""
+    import bentoml
+
+    try:
+        bentoml.models.get(f"{config.MODEL_NAME}:latest")
+    except bentoml.exceptions.NotFound:
+        return False
+    return True
+
+
+def run_pipeline() -> None:
+    """Materialize every asset once, recorded in the Dagster instance so the UI shows the runs."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("full_pipeline")
+    result = job.execute_in_process(instance=instance)
+    if not result.success:
+        raise SystemExit("pipeline failed: see the Dagster run logs above")
+    log.info("pipeline finished: run %s", result.run_id)
+
+
+def _wait_http(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+                if resp.status < 500:
+                    return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
+def start_services(env: dict[str, str]) -> list[subprocess.Popen]:
+    root = str(config.PROJECT_ROOT)
+    service_env_ = {**env, "FLEETCAST_DEMO_FLEET": env.get("FLEETCAST_DEMO_FLEET", "1")}
+    commands = {
+        "dagster": [_bin("dg"), "dev", "-w", "workspace.yaml", "-p", str(PORTS["dagster"])],
+        "mlflow": [
+            _bin("mlflow"),
+            "ui",
+            "--backend-store-uri",
+            env["MLFLOW_TRACKING_URI"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(PORTS["mlflow"]),
+        ],
+        "service": [_bin("bentoml"), "serve", "--port", str(PORTS["service"])],
+        "dashboard": [
+            _bin("streamlit"),
+            "run",
+            "dashboard/app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(PORTS["dashboard"]),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+    }
+    procs = []
+    for name, cmd in commands.items():
+        log.info("starting %s: %s", name, " ".join(cmd))
+        procs.append(
+            subprocess.Popen(cmd, cwd=root, env=service_env_ if name == "service" else env, start_new_session=True)
+        )
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def demo(retrain: bool) -> None:
+    env = service_env()
+    os.environ.update(env)
+    if retrain or not packaged_champion_exists():
+        run_pipeline()
+    else:
+        log.info("a packaged champion exists; skipping the pipeline (use --retrain to run it again)")
+    procs = start_services(env)
+    try:
+        urls = {
+            "dagster": f"http://localhost:{PORTS['dagster']}",
+            "mlflow": f"http://localhost:{PORTS['mlflow']}",
+            "service": f"http://localhost:{PORTS['service']}/health",
+            "dashboard": f"http://localhost:{PORTS['dashboard']}",
+        }
+        for name, url in urls.items():
+            state = "up" if _wait_http(url, timeout=180) else "NOT answering yet"
+            log.info("%-9s %s  (%s)", name, url, state)
+        log.info("fleetcast demo is running; Ctrl-C stops every service")
+        while all(p.poll() is None for p in procs):
+            time.sleep(2)
+        log.error("a service exited; stopping the rest")
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        stop(procs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(
+        prog="fleetcast", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("pipeline", "demo"):
+        p = sub.add_parser(name)
+        p.add_argument("--retrain", action="store_true", help="run the pipeline even if a champion is packaged")
+    args = parser.parse_args(argv)
+    if args.command == "pipeline":
+        os.environ.update(service_env())
+        run_pipeline()
+    else:
+        demo(args.retrain)
+
+
+if __name__ == "__main__":
+    main()
