@@ -10,4 +10,24 @@ build_dataset = dg.define_asset_job(
     description="Simulate the fleet dataset and its incident labels, then validate it (blocking check).",
 )
 
-JOBS = [build_dataset]
+# training: preset "demo" by default (Launchpad: ops.tft_model.config.preset); the _full job
+# pre-fills preset "full" (whole epochs, accelerator auto)
+train_and_promote = dg.define_asset_job(
+    "train_and_promote",
+    selection=dg.AssetSelection.groups("training"),
+    description="Train the TFT on fleet_dataset, evaluate vs baselines, register, promote if better.",
+)
+train_and_promote_full = dg.define_asset_job(
+    "train_and_promote_full",
+    selection=dg.AssetSelection.groups("training"),
+    config={"ops": {"tft_model": {"config": {"preset": "full"}}}},
+    description="train_and_promote with the full preset (whole epochs; GPU if present).",
+)
+
+full_pipeline = dg.define_asset_job(
+    "full_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="Everything, in order: dataset and its check, training, promotion, packaging (what `make demo` runs).",
+)
+
+JOBS = [full_pipeline, build_dataset, train_and_promote, train_and_promote_full]

@@ -1,0 +1,203 @@
+"""The one encoding path from fleet records to the TFT's ``TimeSeriesDataSet``.
+
+Training builds its dataset with :func:`build_training_dataset`; every later use (validation
+windows, serving) rebuilds inputs with :func:`dataset_from_parameters` from the parameters the
+trained model carries (``model.dataset_parameters``), so encoders and scalers are exactly the
+ones fitted at training time. Nothing here knows about Lightning or MLflow.
+
+Inputs the model sees:
+
+- static categorical ``profile`` (``NaNLabelEncoder(add_nan=True)``; unknown profiles are mapped to
+  ``generic`` by :func:`models.schema.normalize_profile` first);
+- known reals: hour of day and day of week as sin/cos pairs (plus the library's
+  ``relative_time_idx`` and ``encoder_length``);
+- observed (unknown) inputs: the four metrics and the categorical ``status``.
+
+``server_name`` is only the group id: it is never an input, so a server the model never saw is
+forecast from its profile and its own history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pytorch_forecasting import TimeSeriesDataSet
+from pytorch_forecasting.data.encoders import MultiNormalizer, NaNLabelEncoder, TorchNormalizer
+
+from models import schema
+
+TIME_IDX = "time_idx"
+TARGETS: list[str] = list(schema.METRICS)
+KNOWN_REALS: list[str] = ["hour_sin", "hour_cos", "dow_sin", "dow_cos"]
+_EPOCH = pd.Timestamp("1970-01-01")
+_STEP_NS = int(schema.STEP.value)
+
+
+def time_index(timestamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Integer 5-minute step index since the Unix epoch (timestamps are floored to the grid)."""
+    values = pd.DatetimeIndex(timestamps).as_unit("ns").asi8  # Parquet/Arrow may hand back us or ms
+    return (values - _EPOCH.value) // _STEP_NS
+
+
+def add_time_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``time_idx`` and the known calendar features; returns a new frame."""
+    out = frame.copy()
+    ts = pd.DatetimeIndex(out[schema.TIMESTAMP])
+    out[TIME_IDX] = time_index(ts)
+    day_fraction = (ts.hour * 60 + ts.minute).to_numpy() / (24 * 60)
+    week_fraction = (ts.dayofweek.to_numpy() + day_fraction) / 7
+    out["hour_sin"] = np.sin(2 * np.pi * day_fraction).astype(np.float32)
+    out["hour_cos"] = np.cos(2 * np.pi * day_fraction).astype(np.float32)
+    out["dow_sin"] = np.sin(2 * np.pi * week_fraction).astype(np.float32)
+    out["dow_cos"] = np.cos(2 * np.pi * week_fraction).astype(np.float32)
+    return out
+
+
+def clean_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Contract columns only, typed, profiles normalised, sorted, duplicates (server, time) dropped."""
+    missing = [c for c in schema.COLUMNS if c not in records.columns and c not in (schema.STATUS,)]
+    if missing:
+        raise ValueError(f"records are missing columns: {', '.join(missing)}")
+    out = records.copy()
+    if schema.STATUS not in out.columns:
+        out[schema.STATUS] = schema.STATUSES[0]
+    if schema.PROFILE not in out.columns:
+        out[schema.PROFILE] = schema.DEFAULT_PROFILE
+    out = out[list(schema.COLUMNS)]
+    out[schema.TIMESTAMP] = pd.to_datetime(out[schema.TIMESTAMP]).dt.floor(schema.STEP_FREQ).astype("datetime64[ns]")
+    out[schema.SERVER] = out[schema.SERVER].astype(str)
+    out[schema.PROFILE] = [schema.normalize_profile(p)[0] for p in out[schema.PROFILE].astype(str)]
+    status = out[schema.STATUS].astype(str).str.lower()
+    out[schema.STATUS] = status.where(status.isin(schema.STATUSES), schema.STATUSES[0])
+    for metric in schema.METRICS:
+        out[metric] = pd.to_numeric(out[metric], errors="coerce").astype(np.float32)
+    out = out.drop_duplicates([schema.SERVER, schema.TIMESTAMP], keep="last")
+    return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
+def regularize(records: pd.DataFrame) -> pd.DataFrame:
+    """Put each server on a gap-free 5-minute grid between its first and last sample.
+
+    Missing steps and missing metric values are forward-filled (then back-filled), the profile is the
+    server's last declared one. Input must already be :func:`clean_records`-clean.
+    """
+    if records.empty:
+        return records.copy()
+    same_server = records[schema.SERVER].to_numpy()[1:] == records[schema.SERVER].to_numpy()[:-1]
+    steps = np.diff(records[schema.TIMESTAMP].to_numpy().astype("datetime64[ns]").astype(np.int64))
+    last_profile = records.groupby(schema.SERVER, sort=False)[schema.PROFILE].transform("last")
+    if ((steps[same_server] == _STEP_NS).all() and not records[list(schema.METRICS)].isna().any().any()
+            and (last_profile == records[schema.PROFILE]).all()):
+        return records.reset_index(drop=True)  # already regular: the common case, no per-server work
+    parts: list[pd.DataFrame] = []
+    for server, group in records.groupby(schema.SERVER, sort=True):
+        idx = pd.date_range(group[schema.TIMESTAMP].iloc[0], group[schema.TIMESTAMP].iloc[-1],
+                            freq=schema.STEP_FREQ)
+        g = group.set_index(schema.TIMESTAMP)
+        if len(idx) != len(g) or g[list(schema.METRICS)].isna().any().any():
+            g = g.reindex(idx).ffill().bfill()
+        g = g.rename_axis(schema.TIMESTAMP).reset_index()
+        g[schema.SERVER] = server
+        g[schema.PROFILE] = group[schema.PROFILE].iloc[-1]
+        parts.append(g)
+    if not parts:
+        return records.iloc[0:0].copy()
+    return pd.concat(parts, ignore_index=True)[list(schema.COLUMNS)]
+
+
+def prepare_frame(records: pd.DataFrame) -> pd.DataFrame:
+    """Records (schema.COLUMNS, long format) -> model frame: cleaned, gap-free, with time features."""
+    return add_time_features(regularize(clean_records(records)))
+
+
+def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> pd.DataFrame:
+    """Append ``steps`` future rows per server (calendar features known, observed values carried).
+
+    The TFT's decoder reads only known inputs, so the carried metric/status values of the future
+    rows are placeholders that never reach the network. Input: a clean, regular frame.
+    """
+    last = history.groupby(schema.SERVER, sort=True).tail(1)
+    n = len(last)
+    offsets = np.tile(np.arange(1, steps + 1), n)
+    future = last.loc[last.index.repeat(steps)].reset_index(drop=True)
+    future[schema.TIMESTAMP] = future[schema.TIMESTAMP] + pd.to_timedelta(offsets * schema.STEP_MINUTES,
+                                                                           unit="min")
+    out = pd.concat([history[list(schema.COLUMNS)], future[list(schema.COLUMNS)]], ignore_index=True)
+    return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
+def dataset_kwargs(
+    max_encoder_length: int = schema.ENCODER_STEPS,
+    max_prediction_length: int = schema.HORIZON_STEPS,
+    min_encoder_length: int = schema.MIN_ENCODER_STEPS,
+) -> dict[str, Any]:
+    """Constructor arguments of the training ``TimeSeriesDataSet`` (the one place they are written)."""
+    return dict(
+        time_idx=TIME_IDX,
+        target=list(TARGETS),
+        group_ids=[schema.SERVER],
+        max_encoder_length=max_encoder_length,
+        min_encoder_length=min_encoder_length,
+        max_prediction_length=max_prediction_length,
+        min_prediction_length=max_prediction_length,
+        static_categoricals=[schema.PROFILE],
+        time_varying_known_reals=list(KNOWN_REALS),
+        time_varying_unknown_categoricals=[schema.STATUS],
+        time_varying_unknown_reals=list(TARGETS),
+        categorical_encoders={
+            schema.SERVER: NaNLabelEncoder(add_nan=True),
+            # fitted on the contract's full category lists, not just the ones in this slice
+            schema.PROFILE: NaNLabelEncoder(add_nan=True).fit(pd.Series(schema.PROFILES)),
+            schema.STATUS: NaNLabelEncoder(add_nan=True).fit(pd.Series(schema.STATUSES)),
+        },
+        # one global scale per metric: the network sees absolute levels (a 95 % CPU is near a limit)
+        # and nothing depends on which server a series belongs to
+        target_normalizer=MultiNormalizer([TorchNormalizer(method="standard") for _ in TARGETS]),
+        add_relative_time_idx=True,
+        add_encoder_length=True,
+        add_target_scales=False,
+        randomize_length=True,  # teaches short histories (down to 1 h) for newly added servers
+        allow_missing_timesteps=False,
+    )
+
+
+def build_training_dataset(frame: pd.DataFrame, **length_kwargs: int) -> TimeSeriesDataSet:
+    """Fit encoders/scalers on ``frame`` (a :func:`prepare_frame` output) and index every window."""
+    return TimeSeriesDataSet(frame, **dataset_kwargs(**length_kwargs))
+
+
+def dataset_from_parameters(
+    parameters: dict[str, Any], frame: pd.DataFrame, predict: bool, **update: Any
+) -> TimeSeriesDataSet:
+    """Same encoders and scalers as training, new data (``frame`` from :func:`prepare_frame`)."""
+    return TimeSeriesDataSet.from_parameters(
+        parameters, frame, predict=predict, stop_randomization=True, **update
+    )
+
+
+def inference_frame(history: pd.DataFrame, max_encoder_length: int = schema.ENCODER_STEPS,
+                    min_encoder_length: int = schema.MIN_ENCODER_STEPS,
+                    horizon: int = schema.HORIZON_STEPS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Last <= ``max_encoder_length`` steps per server plus ``horizon`` future rows.
+
+    Returns (frame with time features, per-server info: server_name, profile, origin, history_steps).
+    Servers with fewer than ``min_encoder_length`` steps are left out.
+    """
+    clean = clean_records(history)
+    clean = clean.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
+    regular = regularize(clean)
+    regular = regular.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
+    sizes = regular.groupby(schema.SERVER, sort=True).size()
+    keep = sizes[sizes >= min_encoder_length].index
+    regular = regular[regular[schema.SERVER].isin(keep)].reset_index(drop=True)
+    last = regular.groupby(schema.SERVER, sort=True).tail(1).set_index(schema.SERVER)
+    info = pd.DataFrame({
+        schema.PROFILE: last[schema.PROFILE],
+        "origin": last[schema.TIMESTAMP],
+        "history_steps": sizes.reindex(last.index).astype(int),
+    })
+    if regular.empty:
+        return add_time_features(regular), info
+    return add_time_features(extend_future(regular, horizon)), info

@@ -1,0 +1,419 @@
+"""Temporal Fusion Transformer: construction, the Lightning training loop, and batched inference.
+
+- :func:`build_model` makes the TFT from a training ``TimeSeriesDataSet`` (4 targets, quantile loss
+  P10/P50/P90 for each).
+- :func:`train_tft` runs Lightning on it and records per-epoch train/val loss.
+- :class:`Forecaster` serves a trained model: one dataset build per call over all servers, big
+  batches straight into ``model(x)`` under ``torch.inference_mode`` (no Trainer, no per-call
+  ``predict()``). BentoML, the evaluation and the MLflow pyfunc all go through it.
+
+A checkpoint is a ``torch.save`` dict (:data:`CHECKPOINT_FORMAT`): the model's hyper-parameters
+(which include ``dataset_parameters``: the fitted encoders and scalers), its ``state_dict``, the
+training servers and free-form metadata. It loads on CPU without any training objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
+from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
+
+from models import features, schema
+
+log = logging.getLogger(__name__)
+
+QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
+CHECKPOINT_FORMAT = "fleetcast-tft/1"
+INFERENCE_CHUNK = 2048  # series per forward pass
+_BOUNDS: dict[str, tuple[float, float]] = {
+    f.name: (f.ge if f.ge is not None else -np.inf, f.le if f.le is not None else np.inf)
+    for f in schema.FIELDS if f.name in schema.METRICS
+}
+
+
+# --- construction ------------------------------------------------------------------------------------
+@dataclass
+class ModelSettings:
+    """Network size. Defaults give ~87K parameters."""
+
+    hidden_size: int = 32
+    hidden_continuous_size: int = 16
+    lstm_layers: int = 2
+    attention_head_size: int = 4
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+
+
+def build_model(dataset: TimeSeriesDataSet, settings: ModelSettings | None = None) -> TemporalFusionTransformer:
+    """A TFT for the dataset's four targets with a P10/P50/P90 quantile loss on each."""
+    s = settings or ModelSettings()
+    n_targets = len(features.TARGETS)
+    return TemporalFusionTransformer.from_dataset(
+        dataset,
+        hidden_size=s.hidden_size,
+        hidden_continuous_size=s.hidden_continuous_size,
+        lstm_layers=s.lstm_layers,
+        attention_head_size=s.attention_head_size,
+        dropout=s.dropout,
+        learning_rate=s.learning_rate,
+        output_size=[len(QUANTILES)] * n_targets,
+        loss=MultiLoss([QuantileLoss(quantiles=list(QUANTILES)) for _ in range(n_targets)]),
+        log_interval=-1,
+        reduce_on_plateau_patience=1000,
+    )
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# --- training ----------------------------------------------------------------------------------------
+@dataclass
+class TrainSettings:
+    """Lightning loop settings; ``limit_*_batches`` accept an int (batches) or a float (fraction)."""
+
+    max_epochs: int = 5
+    batch_size: int = 64
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    gradient_clip_val: float = 0.1
+    accelerator: str = "cpu"
+    seed: int = 42
+    num_workers: int = 0
+    # torch intra-op threads while training (restored afterwards); None: torch's default.
+    # On a small shared CPU one thread is much faster: OpenMP threads spin-wait when oversubscribed.
+    num_threads: int | None = 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelSettings
+    train: TrainSettings
+
+
+PRESETS: dict[str, Preset] = {
+    # tests: seconds on one core
+    "tiny": Preset(
+        ModelSettings(hidden_size=8, hidden_continuous_size=4, lstm_layers=1, attention_head_size=1),
+        TrainSettings(max_epochs=1, batch_size=32, limit_train_batches=20, limit_val_batches=2),
+    ),
+    # about 10 minutes end to end on 2 CPU cores (data, training, evaluation, logging)
+    "demo": Preset(
+        ModelSettings(learning_rate=3e-3),
+        TrainSettings(max_epochs=8, batch_size=64, limit_train_batches=75, limit_val_batches=2),
+    ),
+    # whole epochs; GPU if there is one
+    "full": Preset(
+        ModelSettings(),
+        TrainSettings(max_epochs=20, batch_size=128, limit_train_batches=1.0, limit_val_batches=1.0,
+                      accelerator="auto", num_threads=None),
+    ),
+}
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    seconds: float
+
+
+class EpochHistory(pl.Callback):
+    """Collects per-epoch train/val loss and forwards each epoch to ``on_epoch`` (e.g. a Dagster log)."""
+
+    def __init__(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> None:
+        self.records: list[EpochRecord] = []
+        self.on_epoch = on_epoch
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+
+        def value(*names: str) -> float | None:
+            for name in names:
+                if name in metrics:
+                    return float(metrics[name])
+            return None
+
+        record = EpochRecord(
+            epoch=trainer.current_epoch,
+            train_loss=value("train_loss_epoch", "train_loss"),
+            val_loss=value("val_loss"),
+            seconds=time.perf_counter() - self._start,
+        )
+        self.records.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+
+@dataclass
+class TrainResult:
+    model: TemporalFusionTransformer
+    history: list[EpochRecord]
+    training_servers: frozenset[str]
+    seconds: float
+    n_train_samples: int
+    n_parameters: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_parameters = n_parameters(self.model)
+
+
+def train_tft(
+    train_frame: pd.DataFrame,
+    val_dataset_builder: Callable[[dict[str, Any]], TimeSeriesDataSet] | None = None,
+    model_settings: ModelSettings | None = None,
+    train_settings: TrainSettings | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train a TFT on ``train_frame`` (a :func:`models.features.prepare_frame` output).
+
+    ``val_dataset_builder`` gets the fitted dataset parameters and returns the validation dataset
+    (see :func:`models.evaluation.validation_dataset`); without it no validation loss is computed.
+    """
+    ts = train_settings or TrainSettings()
+    pl.seed_everything(ts.seed, workers=True, verbose=False)
+    started = time.perf_counter()
+    train_ds = features.build_training_dataset(train_frame)
+    model = build_model(train_ds, model_settings)
+    train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
+    val_loader = None
+    if val_dataset_builder is not None:
+        val_ds = val_dataset_builder(train_ds.get_parameters())
+        val_loader = val_ds.to_dataloader(train=False, batch_size=ts.batch_size * 4,
+                                          num_workers=ts.num_workers)
+    history = EpochHistory(on_epoch)
+    trainer = pl.Trainer(
+        max_epochs=ts.max_epochs,
+        accelerator=ts.accelerator,
+        devices=1,
+        gradient_clip_val=ts.gradient_clip_val,
+        limit_train_batches=ts.limit_train_batches,
+        limit_val_batches=ts.limit_val_batches if val_loader is not None else 0,
+        num_sanity_val_steps=0,
+        callbacks=[history],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+    with torch_threads(ts.num_threads):
+        trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    model = model.cpu().eval()
+    servers = frozenset(train_frame[schema.SERVER].unique().tolist())
+    return TrainResult(model=model, history=history.records, training_servers=servers,
+                       seconds=time.perf_counter() - started, n_train_samples=len(train_ds))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, then restore the previous setting."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- batched inference -------------------------------------------------------------------------------
+@dataclass
+class ServerForecast:
+    server_name: str
+    profile: str
+    origin: pd.Timestamp  # timestamp of the last observed step
+    timestamps: pd.DatetimeIndex  # the 96 future 5-minute steps
+    quantiles: dict[str, np.ndarray]  # metric -> (96, 3): P10, P50, P90 in metric units
+    history_steps: int  # encoder length used (12..288)
+    seen_in_training: bool  # server_name was in the training set
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: TemporalFusionTransformer, dataset: TimeSeriesDataSet, batch_size: int = INFERENCE_CHUNK
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Quantile forecasts for every sample of ``dataset`` with the model's own tensors.
+
+    Returns (array [n, horizon, n_targets, n_quantiles] in metric units, clipped to the contract's
+    ranges and sorted so P10 <= P50 <= P90; index frame with ``server_name`` and ``time_idx`` of the
+    first predicted step, one row per sample in the same order).
+    """
+    model.eval()
+    loader = dataset.to_dataloader(train=False, batch_size=batch_size, num_workers=0)
+    outputs: list[np.ndarray] = []
+    indices: list[pd.DataFrame] = []
+    device = next(model.parameters()).device
+    for x, _ in loader:
+        x = {k: _to(v, device) for k, v in x.items()}
+        out = model(x)
+        q = model.to_quantiles(out)  # list per target: [batch, horizon, n_quantiles]
+        if isinstance(q, torch.Tensor):
+            q = [q]
+        outputs.append(torch.stack([t.float().cpu() for t in q], dim=2).numpy())
+        indices.append(dataset.x_to_index(x))
+    if not outputs:
+        n_targets = len(features.TARGETS)
+        return np.zeros((0, dataset.max_prediction_length, n_targets, len(QUANTILES))), pd.DataFrame(
+            columns=[features.TIME_IDX, schema.SERVER])
+    values = np.sort(np.concatenate(outputs, axis=0), axis=-1)
+    for i, metric in enumerate(features.TARGETS):
+        lo, hi = _BOUNDS[metric]
+        values[:, :, i, :] = np.clip(values[:, :, i, :], lo, hi)
+    index = pd.concat(indices, ignore_index=True)
+    index[schema.SERVER] = index[schema.SERVER].astype(str)
+    return values, index
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+class Forecaster:
+    """A trained TFT ready to forecast any number of servers in one batched pass."""
+
+    def __init__(self, model: TemporalFusionTransformer, training_servers: Sequence[str] | frozenset[str],
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.model = model.cpu().eval()
+        self._training_servers = frozenset(training_servers)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.n_parameters: int = n_parameters(self.model)
+
+    @property
+    def dataset_parameters(self) -> dict[str, Any]:
+        return self.model.dataset_parameters
+
+    @property
+    def training_servers(self) -> frozenset[str]:
+        return self._training_servers
+
+    @property
+    def max_encoder_length(self) -> int:
+        return int(self.dataset_parameters["max_encoder_length"])
+
+    @property
+    def min_encoder_length(self) -> int:
+        return int(self.dataset_parameters["min_encoder_length"])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.dataset_parameters["max_prediction_length"])
+
+    # persistence
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "hparams": dict(self.model.hparams),
+            "loss": self.model.loss,  # not part of hparams (Lightning keeps modules out)
+            "state_dict": self.model.state_dict(),
+            "training_servers": sorted(self._training_servers),
+            "metadata": self.metadata,
+        }
+        torch.save(payload, path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> Forecaster:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no TFT checkpoint at {path}")
+        # the checkpoint pickles encoders/scalers (dataset_parameters): needs weights_only=False
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        model = TemporalFusionTransformer(loss=payload["loss"], **payload["hparams"])
+        model.load_state_dict(payload["state_dict"])
+        return cls(model, payload["training_servers"], payload.get("metadata"))
+
+    # inference
+    def forecast(self, history: pd.DataFrame) -> dict[str, ServerForecast]:
+        """Forecast every server in ``history`` (long-format records) with >= 12 steps of history."""
+        frame, info = features.inference_frame(
+            history, self.max_encoder_length, self.min_encoder_length, self.horizon
+        )
+        if info.empty:
+            return {}
+        dataset = features.dataset_from_parameters(self.dataset_parameters, frame, predict=True)
+        values, index = predict_dataset(self.model, dataset)
+        steps = pd.to_timedelta(np.arange(1, self.horizon + 1) * schema.STEP_MINUTES, unit="min")
+        out: dict[str, ServerForecast] = {}
+        for row, server in enumerate(index[schema.SERVER]):
+            meta = info.loc[server]
+            origin = pd.Timestamp(meta["origin"])
+            out[server] = ServerForecast(
+                server_name=server,
+                profile=str(meta[schema.PROFILE]),
+                origin=origin,
+                timestamps=pd.DatetimeIndex(origin + steps),
+                quantiles={m: values[row, :, i, :] for i, m in enumerate(features.TARGETS)},
+                history_steps=int(meta["history_steps"]),
+                seen_in_training=server in self._training_servers,
+            )
+        return out
+
+
+def forecasts_to_frame(forecasts: dict[str, ServerForecast]) -> pd.DataFrame:
+    """Long format: one row per (server, timestamp, metric) with columns p10, p50, p90."""
+    rows: list[pd.DataFrame] = []
+    for fc in forecasts.values():
+        for metric, q in fc.quantiles.items():
+            rows.append(pd.DataFrame({
+                schema.SERVER: fc.server_name,
+                schema.PROFILE: fc.profile,
+                "origin": fc.origin,
+                schema.TIMESTAMP: fc.timestamps,
+                "step": np.arange(1, len(fc.timestamps) + 1),
+                "metric": metric,
+                "p10": q[:, 0],
+                "p50": q[:, 1],
+                "p90": q[:, 2],
+            }))
+    if not rows:
+        return pd.DataFrame(columns=[schema.SERVER, schema.PROFILE, "origin", schema.TIMESTAMP, "step",
+                                     "metric", "p10", "p50", "p90"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def resolve_preset(name: str, **overrides: Any) -> Preset:
+    """A preset with some fields replaced; ``None`` overrides are ignored. Unknown names raise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    model_fields = set(ModelSettings.__dataclass_fields__)
+    train_fields = set(TrainSettings.__dataclass_fields__)
+    unknown = set(overrides) - model_fields - train_fields
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    m = {k: v for k, v in overrides.items() if k in model_fields and v is not None}
+    t = {k: v for k, v in overrides.items() if k in train_fields and v is not None}
+    return Preset(model=replace(base.model, **m), train=replace(base.train, **t))
+
+
+def settings_params(preset: Preset) -> dict[str, Any]:
+    """Flat ``model_*`` / ``train_*`` parameters for MLflow."""
+    out = {f"model_{k}": v for k, v in asdict(preset.model).items()}
+    out.update({f"train_{k}": v for k, v in asdict(preset.train).items()})
+    return out

@@ -1,0 +1,97 @@
+"""The Dagster training path end to end on a tiny fleet: data -> train -> evaluate -> register -> promote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+
+from models import config, registry, tft
+from orchestration import jobs
+from orchestration.assets import data, training
+from orchestration.definitions import defs
+from orchestration.mlflow_resource import MlflowResource
+from orchestration.resources import PARQUET_IO_MANAGER, ParquetIOManager
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_train_config_presets() -> None:
+    cfg = training.TrainConfig()
+    assert cfg.preset == "demo"
+    assert training._preset(cfg) == tft.PRESETS["demo"]
+    assert tft.PRESETS["demo"].model.hidden_size == 32
+    custom = training._preset(training.TrainConfig(preset="full", max_epochs=3, hidden_size=16,
+                                                   limit_train_batches=0.25))
+    assert custom.train.max_epochs == 3 and custom.train.accelerator == "auto"
+    assert custom.model.hidden_size == 16 and custom.model.hidden_continuous_size == 8
+    assert custom.train.limit_train_batches == 0.25
+    with pytest.raises(ValueError, match="unknown preset"):
+        training._preset(training.TrainConfig(preset="huge"))
+
+
+def test_jobs_are_registered() -> None:
+    job = defs.get_job_def("train_and_promote")
+    full = defs.get_job_def("train_and_promote_full")
+    assert job is not None and full is not None
+    names = {"tft_model", "model_evaluation", "registered_model", "champion_model"}
+    assert names <= {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert jobs.train_and_promote_full.config == {"ops": {"tft_model": {"config": {"preset": "full"}}}}
+
+
+@pytest.mark.slow
+def test_training_assets_end_to_end(isolated_env: Path) -> None:
+    uri = f"sqlite:///{isolated_env / 'mlflow.db'}"
+    instance = dg.DagsterInstance.ephemeral()
+    run_config = {"ops": {
+        "fleet_data": {"config": {"n_servers": 8, "steps": 6 * 288, "seed": 3}},
+        "tft_model": {"config": {"preset": "tiny", "max_epochs": 2}},
+    }}
+    result = dg.materialize(
+        [data.fleet_data, training.tft_model, training.model_evaluation, training.registered_model,
+         training.champion_model],
+        run_config=run_config,
+        resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource(tracking_uri=uri)},
+        instance=instance,
+    )
+    assert result.success
+    trained = result.output_for_node("tft_model")
+    assert Path(trained["checkpoint"]).is_file()
+    assert Path(trained["checkpoint"]).is_relative_to(isolated_env)
+
+    # progress reached the run log: one line per epoch
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("epoch 1/2" in m for m in messages) and any("epoch 2/2" in m for m in messages)
+
+    # the MLflow run holds params, per-epoch loss, evaluation metrics and artifacts
+    c = registry.client(uri)
+    run = c.get_run(trained["run_id"])
+    assert run.data.params["preset"] == "tiny"
+    assert int(run.data.params["n_parameters"]) == trained["n_parameters"]
+    assert len(run.data.params["dataset_fingerprint"]) == 16
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
+    for name in ("val_score", "val_mae_cpu_percent_8h", "baseline_seasonal_naive_mae_cpu_percent_8h",
+                 "coverage_p10_p90_cpu_percent", "unseen_mae_cpu_percent"):
+        assert name in run.data.metrics, name
+    mlflow.set_tracking_uri(uri)
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"checkpoint", "evaluation", "plots"} <= artifacts
+    plots = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert "importance_encoder_variables.png" in plots
+    assert any(p.startswith("forecast_") for p in plots)
+    evaluation_files = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "evaluation")}
+    assert evaluation_files == {"evaluation.csv", "evaluation.json"}
+
+    # the promotion decision follows the gate and is visible in Dagster metadata and MLflow tags
+    decision = result.output_for_node("champion_model")
+    metrics = result.output_for_node("model_evaluation")["metrics"]
+    expected = "champion" if metrics["val_score"] < metrics["best_baseline_score"] else "rejected"
+    assert decision["decision"] == expected
+    assert c.get_run(run.info.run_id).data.tags["decision"] == expected
+    champion = registry.current_champion(uri)
+    assert (champion is not None) == (expected == "champion")
+    mat = result.asset_materializations_for_node("champion_model")[0]
+    assert mat.metadata["decision"].value == expected
+    assert config.MODEL_NAME in {m.name for m in c.search_registered_models()}
