@@ -45,14 +45,10 @@ def _bin(name: str) -> str:
 
 
 def packaged_champion_exists() -> bool:
-    """True when BentoML's model store already holds a packaged champion."""
-    import bentoml
+    """True when BentoML's model store (under BENTOML_HOME) already holds a packaged champion."""
+    from serving.model_store import has_model
 
-    try:
-        bentoml.models.get(f"{config.MODEL_NAME}:latest")
-    except bentoml.exceptions.NotFound:
-        return False
-    return True
+    return has_model()
 
 
 def run_pipeline() -> None:

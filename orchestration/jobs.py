@@ -30,4 +30,10 @@ full_pipeline = dg.define_asset_job(
     description="Everything, in order: dataset and its check, training, promotion, packaging (what `make demo` runs).",
 )
 
-JOBS = [full_pipeline, build_dataset, train_and_promote, train_and_promote_full]
+package_champion = dg.define_asset_job(
+    "package_champion",
+    selection=dg.AssetSelection.groups("serving"),
+    description="Import the MLflow champion into BentoML's model store (what `bentoml serve` loads).",
+)
+
+JOBS = [full_pipeline, build_dataset, train_and_promote, train_and_promote_full, package_champion]

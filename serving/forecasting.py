@@ -1,0 +1,264 @@
+"""The service's forecasting state: batched forecasts of every server with new data, alerts, and the
+pre-serialised answers of GET /predictions and GET /alerts.
+
+One :class:`PredictionEngine` per worker process. :meth:`PredictionEngine.refresh` reads the servers
+written since the last batch from the feed store, forecasts them in one batched
+``Forecaster.forecast`` call (the model's own tensors), evaluates the alert rules and re-serialises
+the answers (JSON bytes per server, joined per batch), so a GET answers at once whatever the fleet
+size. :meth:`start` runs the refresh in a background thread every ``FLEETCAST_REFRESH_SECONDS``
+(default 5 s) when new data arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models import alerts as alert_rules
+from models import schema
+from models.tft import ServerForecast
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REFRESH_SECONDS = 5.0
+
+
+def refresh_seconds() -> float:
+    return float(os.environ.get("FLEETCAST_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS))
+
+
+def iso(ts: Any) -> str:
+    """ISO 8601 UTC without offset, to the second."""
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def utcnow() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def iso_many(values: Any) -> list[str]:
+    """Vectorised :func:`iso` for an array/index/Series of timestamps."""
+    arr = np.asarray(values, dtype="datetime64[s]")
+    return np.datetime_as_string(arr, unit="s").tolist()
+
+
+def _r(values: np.ndarray) -> list[float]:
+    return np.round(np.asarray(values, dtype=float), 2).tolist()
+
+
+def confidence(quantiles: dict[str, np.ndarray], history_steps: int, seen_in_training: bool = True,
+               full_history: int = schema.ENCODER_STEPS) -> float:
+    """0..1: narrower P10-P90 bands and longer history give more confidence.
+
+    band: mean P90-P10 width of the percent metrics over the horizon, in percentage points /100;
+    history: 1 h of history keeps ~62 % of the band's confidence, 24 h all of it; a server the model
+    never saw keeps 90 %.
+    """
+    widths = [np.mean(q[:, 2] - q[:, 0]) / 100.0 for m, q in quantiles.items() if m in schema.PERCENT_METRICS]
+    band = float(np.mean(widths)) if widths else 0.5
+    band_factor = float(np.clip(1.0 - 1.5 * band, 0.05, 1.0))
+    history_factor = 0.6 + 0.4 * min(1.0, history_steps / float(full_history))
+    value = band_factor * history_factor * (1.0 if seen_in_training else 0.9)
+    return round(float(np.clip(value, 0.0, 1.0)), 2)
+
+
+def _history_block(history: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "timestamps": iso_many(history[schema.TIMESTAMP].to_numpy()),
+        **{m: _r(history[m].to_numpy()) for m in schema.METRICS},
+    }
+
+
+def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One element of GET /predictions (with ``history``) from a forecast and its server's history."""
+    last = history.iloc[-1]
+    current = {m: round(float(last[m]), 2) for m in schema.METRICS}
+    current["timestamp"] = iso(last[schema.TIMESTAMP])
+    predicted = {m: round(float(fc.quantiles[m][-1, 1]), 2) for m in schema.METRICS}
+    predicted["timestamp"] = iso(fc.timestamps[-1])
+    forecast: dict[str, Any] = {"timestamps": iso_many(fc.timestamps.to_numpy())}
+    for m in schema.METRICS:
+        q = fc.quantiles[m]
+        forecast[m] = {"p10": _r(q[:, 0]), "p50": _r(q[:, 1]), "p90": _r(q[:, 2])}
+    return {
+        "server_name": fc.server_name,
+        "profile": fc.profile,
+        "current": current,
+        "predicted": predicted,
+        "confidence": confidence(fc.quantiles, fc.history_steps, fc.seen_in_training),
+        "risk_level": alert_rules.risk_level(server_alerts),
+        "seen_in_training": bool(fc.seen_in_training),
+        "history_steps": int(fc.history_steps),
+        "forecast": forecast,
+        "history": _history_block(history),
+    }
+
+
+def _sort_key(entry: dict[str, Any]) -> tuple[int, str]:
+    return alert_rules.severity_rank(entry["risk_level"]), entry["server_name"]
+
+
+class PredictionEngine:
+    """Latest forecasts, alerts and their serialised answers; thread-safe; refreshed in the background."""
+
+    def __init__(self, forecaster: Any, store: Any, model_info: dict[str, Any],
+                 alert_config: alert_rules.AlertConfig | None = None,
+                 history_steps: int = schema.ENCODER_STEPS) -> None:
+        self.forecaster = forecaster
+        self.store = store
+        self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
+        self.alert_config = alert_config or alert_rules.load_config()
+        self.history_steps = history_steps
+        self.alerts = alert_rules.AlertBook()
+        self._entries: dict[str, dict[str, Any]] = {}  # server -> entry without history
+        self._fragments: dict[str, bytes] = {}  # server -> JSON of entry without history
+        self._full: dict[str, bytes] = {}  # server -> JSON of entry with history
+        self._predictions: bytes | None = None
+        self._predictions_full: bytes | None = None
+        self._order: list[str] = []
+        self._alerts_json: bytes = self._alerts_document(None)
+        self._seen: datetime | None = None  # store watermark (received_at) covered by the last batch
+        self._lock = threading.Lock()  # guards the answers
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.batch_time: str | None = None
+        self.last_error: str | None = None
+        self.last_refresh_seconds: float | None = None
+        self.predictions_served = 0
+
+    # --- refresh -------------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> int:
+        """Forecast the servers written since the last batch; returns how many were forecast."""
+        with self._refresh_lock:
+            watermark = self.store.last_received()
+            if watermark is None or (not force and self._seen is not None and watermark <= self._seen):
+                return 0
+            started = time.perf_counter()
+            servers = self.store.servers_received_since(None if force else self._seen)
+            history = self.store.history(servers, steps=self.history_steps)
+            forecasts = self.forecaster.forecast(history) if not history.empty else {}
+            now = utcnow()
+            by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
+            entries: dict[str, dict[str, Any]] = {}
+            for name, fc in forecasts.items():
+                h = by_server[name]
+                current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
+                server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
+                                                              fc.origin, current, self.alert_config)
+                self.alerts.update(name, server_alerts, now)
+                entries[name] = build_entry(fc, h, server_alerts)
+            dropped = [s for s in servers if s not in forecasts]  # too little usable history now
+            for name in dropped:
+                self.alerts.update(name, [], now)
+            self._publish(entries, dropped, now)
+            self._seen = watermark
+            self.last_error = None
+            self.last_refresh_seconds = time.perf_counter() - started
+            logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
+            return len(entries)
+
+    def _publish(self, entries: dict[str, dict[str, Any]], dropped: list[str], now: pd.Timestamp) -> None:
+        fragments = {}
+        full = {}
+        for name, entry in entries.items():
+            full[name] = json.dumps(entry, separators=(",", ":")).encode()
+            slim = {k: v for k, v in entry.items() if k != "history"}
+            fragments[name] = json.dumps(slim, separators=(",", ":")).encode()
+            entries[name] = slim
+        with self._lock:
+            for name in dropped:
+                for d in (self._entries, self._fragments, self._full):
+                    d.pop(name, None)
+            self._entries.update(entries)
+            self._fragments.update(fragments)
+            self._full.update(full)
+            self.batch_time = iso(now)
+            order = sorted(self._entries.values(), key=_sort_key)
+            names = [e["server_name"] for e in order]
+            self._order = names
+            self._predictions = self._document(b",".join(self._fragments[n] for n in names))
+            self._predictions_full = None  # built on first request with include_history
+            self._alerts_json = self._alerts_document(self.batch_time)
+
+    def _document(self, body: bytes) -> bytes:
+        tail = json.dumps({"timestamp": self.batch_time, "model": self.model_info}, separators=(",", ":"))
+        return b'{"predictions":[' + body + b"]," + tail[1:].encode()
+
+    def _alerts_document(self, stamp: str | None) -> bytes:
+        return json.dumps({"alerts": self.alerts.all(), "timestamp": stamp}, separators=(",", ":")).encode()
+
+    # --- answers -------------------------------------------------------------------------------------
+    def ensure_batch(self) -> None:
+        """First request: compute a batch now when none exists yet but the store holds data."""
+        if self._predictions is None:
+            try:
+                self.refresh()
+            except Exception as exc:  # answer with what there is; /health reports degraded
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("forecast refresh failed")
+
+    def predictions_json(self, include_history: bool = False) -> bytes:
+        self.ensure_batch()
+        with self._lock:
+            self.predictions_served += 1
+            if self._predictions is None:
+                return self._document(b"")
+            if not include_history:
+                return self._predictions
+            if self._predictions_full is None:
+                self._predictions_full = self._document(b",".join(self._full[n] for n in self._order))
+            return self._predictions_full
+
+    def server_json(self, server_name: str) -> bytes | None:
+        self.ensure_batch()
+        with self._lock:
+            found = self._full.get(server_name)
+            if found is not None:
+                self.predictions_served += 1
+            return found
+
+    def alerts_json(self) -> bytes:
+        self.ensure_batch()
+        with self._lock:
+            return self._alerts_json
+
+    @property
+    def servers_tracked(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    # --- background ----------------------------------------------------------------------------------
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving the last batch; /health reports degraded
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("forecast refresh failed")
+
+    def start(self, interval: float | None = None) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval or refresh_seconds(),),
+                                        name="fleetcast-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

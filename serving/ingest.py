@@ -1,0 +1,248 @@
+"""POST /feed/data: body parsing, per-record validation and the write into the feed store.
+
+One path for every record that enters fleetcast: the HTTP feed and the built-in demo fleet both call
+:func:`ingest_items`, so both get the same validation (``models.schema.Record``) and the same store.
+
+Accepted bodies
+- ``{"records": [record, ...]}`` (the contract), a bare JSON array of records, or one JSON object
+  (Logstash's ``http`` output with ``format => "json"`` posts one event per request);
+- NDJSON, one record per line (Fluent Bit ``format json_lines``, Fluentd ``out_http`` default,
+  Vector ``framing.method = "newline_delimited"``), as ``application/x-ndjson`` /
+  ``application/jsonlines`` or detected in ``text/plain``;
+- ``Content-Encoding: gzip`` bodies (the size cap applies after decompression).
+
+Field aliases for shippers that keep their own names (used only when the contract's name is absent):
+``@timestamp``/``time`` -> timestamp, ``hostname``/``host``/``host.name`` -> server_name, ``cpu``,
+``memory``/``mem``, ``disk``, ``load``/``load1`` -> the four metrics, ``server_profile`` -> profile.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from models import schema
+
+MAX_FUTURE = timedelta(minutes=10)
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_RECORDS = 50_000
+
+JSON_TYPES = ("application/json", "text/json")
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
+                "application/json-lines", "application/x-jsonlines", "application/jsonl")
+TEXT_TYPES = ("text/plain",)
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    schema.TIMESTAMP: ("@timestamp", "time"),
+    schema.SERVER: ("hostname", "host"),
+    "cpu_percent": ("cpu",),
+    "memory_percent": ("memory", "mem"),
+    "disk_percent": ("disk",),
+    "load_average": ("load", "load1"),
+    schema.PROFILE: ("server_profile",),
+}
+
+
+def max_body_bytes() -> int:
+    return int(os.environ.get("FLEETCAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+
+
+def max_records() -> int:
+    return int(os.environ.get("FLEETCAST_MAX_RECORDS", DEFAULT_MAX_RECORDS))
+
+
+class IngestError(Exception):
+    """A whole request refused: HTTP ``status_code`` with a ``detail`` naming what and where."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding: gzip``/``deflate``; 413 when the (decompressed) body exceeds ``limit``."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        data = body
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            if encoding == "deflate":
+                d = zlib.decompressobj()
+                data = d.decompress(body, limit + 1)
+            else:
+                with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+                    data = f.read(limit + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise IngestError(400, f"body is not valid {encoding} data: {exc}") from exc
+    else:
+        raise IngestError(415, f"unsupported Content-Encoding {content_encoding!r}; use gzip or none")
+    if len(data) > limit:
+        raise IngestError(413, f"body larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
+    return data
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _parse_ndjson(text: str) -> list[Any]:
+    items: list[Any] = []
+    parsed = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+            parsed += 1
+        except json.JSONDecodeError as exc:
+            items.append(_BadLine(lineno, exc.msg, exc.colno))
+    if items and not parsed:
+        first = items[0]
+        raise IngestError(400, f"malformed NDJSON: no line is valid JSON (line {first.lineno}: {first.message})")
+    return items
+
+
+@dataclass(frozen=True)
+class _BadLine:
+    lineno: int
+    message: str
+    column: int
+
+
+def parse_body(body: bytes, content_type: str | None) -> list[Any]:
+    """Body -> list of raw items (dicts, or anything a client sent, validated later one by one)."""
+    media = _media_type(content_type)
+    if media and media not in JSON_TYPES + NDJSON_TYPES + TEXT_TYPES and not media.endswith("+json"):
+        raise IngestError(415, f"unsupported Content-Type {content_type!r}; send application/json "
+                               "({\"records\": [...]} or an array) or application/x-ndjson (one record a line)")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(400, f"body is not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise IngestError(400, "empty body: send {\"records\": [...]}, a JSON array or NDJSON")
+    if media in NDJSON_TYPES:
+        return _parse_ndjson(text)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if media in TEXT_TYPES + ("",) and len(lines) > 1:
+            return _parse_ndjson(text)
+        raise IngestError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        if "records" in payload:
+            records = payload["records"]
+            if not isinstance(records, list):
+                raise IngestError(400, f"'records' must be an array of records, got {type(records).__name__}")
+            return records
+        return [payload]  # one event per request (Logstash http output, format => "json")
+    raise IngestError(400, f"body must be a JSON object or array, got {type(payload).__name__}")
+
+
+def apply_aliases(item: dict[str, Any]) -> dict[str, Any]:
+    """Map shipper field names onto the contract's (only where the contract's name is absent)."""
+    out = dict(item)
+    for target, names in ALIASES.items():
+        if target in out:
+            continue
+        for name in names:
+            value = out.get(name)
+            if name == "host" and isinstance(value, dict):  # ECS: host.name
+                value = value.get("name")
+            if value is not None:
+                out[target] = value
+                break
+    return out
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "record"
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+@dataclass
+class IngestResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    stored: int = 0
+
+    @property
+    def status_code(self) -> int:
+        return 200 if self.rows else 422
+
+    def body(self) -> dict[str, Any]:
+        if not self.rows:
+            status = "error"
+        elif self.errors:
+            status = "partial"
+        else:
+            status = "success"
+        return {"status": status, "records_processed": len(self.rows), "records_rejected": len(self.errors),
+                "errors": self.errors, "warnings": self.warnings}
+
+
+def validate_items(items: list[Any], now: datetime | None = None) -> IngestResult:
+    """Validate each item with ``schema.Record``; bad ones are named by index, good ones become rows.
+
+    ``now`` (UTC, naive) is the reference for the future check (records more than 10 minutes ahead
+    of it are rejected); default: the wall clock.
+    """
+    reference = now or pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
+    limit = reference + MAX_FUTURE
+    result = IngestResult()
+    for index, item in enumerate(items):
+        if isinstance(item, _BadLine):
+            result.errors.append({"index": index, "error": f"line {item.lineno}: malformed JSON: "
+                                                           f"{item.message} at column {item.column}"})
+            continue
+        if not isinstance(item, dict):
+            result.errors.append({"index": index,
+                                  "error": f"record must be a JSON object, got {type(item).__name__}"})
+            continue
+        try:
+            record = schema.Record.model_validate(apply_aliases(item))
+        except ValidationError as exc:
+            result.errors.append({"index": index, "error": _format_error(exc)})
+            continue
+        if record.timestamp > limit:
+            result.errors.append({"index": index, "error": (
+                f"timestamp: {record.timestamp.isoformat()} is more than 10 minutes in the future "
+                f"(server time {reference.replace(microsecond=0).isoformat()} UTC)")})
+            continue
+        row = record.model_dump()
+        profile, known = schema.normalize_profile(record.profile)
+        if not known:
+            result.warnings.append({"index": index,
+                                    "warning": f"unknown profile {record.profile!r} mapped to {profile!r}"})
+        row[schema.PROFILE] = profile
+        result.rows.append(row)
+    return result
+
+
+def ingest_items(store: Any, items: list[Any], now: datetime | None = None) -> IngestResult:
+    """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`)."""
+    if len(items) > max_records():
+        raise IngestError(413, f"{len(items)} records in one request; at most {max_records()} "
+                               "(FLEETCAST_MAX_RECORDS): split the batch")
+    result = validate_items(items, now=now)
+    result.stored = store.upsert(result.rows)
+    return result

@@ -1,0 +1,139 @@
+"""The champion in BentoML's model store: import (packaging) and load (service start).
+
+The packaging step copies the MLflow registry's champion checkpoint into BentoML's model store as
+``fleetcast-tft`` with the registry's version, run id and metrics as labels and metadata, so the
+service (and a Bento built from it) runs exactly what the registry calls champion.
+
+Where the service finds its model, first hit wins:
+1. ``FLEETCAST_MODEL_PATH``: a checkpoint file (``Forecaster.save``), an escape hatch for tests;
+2. ``FLEETCAST_MODEL_TAG`` (default ``fleetcast-tft:latest``) in the model store under
+   ``models.config.bentoml_home()`` (``BENTOML_HOME``, default ``<data dir>/bentoml``);
+3. the same tag in BentoML's own model store (inside a built Bento: the Bento's models).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml._internal.models import ModelStore
+from bentoml.exceptions import NotFound
+
+from models import config
+from models.tft import Forecaster
+
+logger = logging.getLogger(__name__)
+
+BENTO_MODEL_NAME = config.MODEL_NAME  # "fleetcast-tft"
+DEFAULT_TAG = f"{BENTO_MODEL_NAME}:latest"
+CHECKPOINT_FILE = "forecaster.pt"
+
+
+def model_store(home: str | Path | None = None) -> ModelStore:
+    """BentoML's model store under ``home`` (default: ``models.config.bentoml_home()``)."""
+    base = Path(home) if home is not None else config.bentoml_home()
+    path = base / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(path))
+
+
+def _label(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def import_checkpoint(checkpoint: str | Path, info: dict[str, Any] | None = None,
+                      home: str | Path | None = None, name: str = BENTO_MODEL_NAME) -> bentoml.Model:
+    """Copy ``checkpoint`` into the model store as ``name`` with registry ``info`` as labels/metadata.
+
+    ``info``: ``{"name", "version", "run_id", "metrics": {...}}`` (as ``models.registry.load_champion``
+    returns it). Idempotent: when the latest ``name`` already holds this registry version and run,
+    that model is returned instead of a copy.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    info = dict(info or {})
+    store = model_store(home)
+    labels = {
+        "registry_name": _label(info.get("name", BENTO_MODEL_NAME)),
+        "registry_version": _label(info.get("version")),
+        "run_id": _label(info.get("run_id")),
+        "source": "mlflow-registry" if info.get("version") is not None else "checkpoint",
+    }
+    try:
+        latest = bentoml.models.get(f"{name}:latest", _model_store=store)
+        if labels["run_id"] and {k: latest.info.labels.get(k) for k in labels} == labels:
+            logger.info("model store already holds %s for run %s", latest.tag, labels["run_id"])
+            return latest
+    except NotFound:
+        pass
+    metrics = {str(k): float(v) for k, v in (info.get("metrics") or {}).items()
+               if isinstance(v, int | float)}
+    metadata = {"metrics": metrics, "checkpoint": CHECKPOINT_FILE,
+                "registry_version": labels["registry_version"], "run_id": labels["run_id"]}
+    with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=store) as model:
+        shutil.copyfile(checkpoint, model.path_of(CHECKPOINT_FILE))
+    logger.info("imported %s (registry version %s, run %s)", model.tag, labels["registry_version"],
+                labels["run_id"])
+    return model
+
+
+def _get(tag: str) -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag, _model_store=model_store())
+    except NotFound:
+        return bentoml.models.get(tag)  # BentoML's own store (inside a Bento: the Bento's models)
+
+
+def load_forecaster(tag: str | None = None, path: str | Path | None = None) -> tuple[Forecaster, dict[str, Any]]:
+    """The service's model and what it is: ``(forecaster, {"name", "version", "run_id", "source", ...})``."""
+    path = path or os.environ.get("FLEETCAST_MODEL_PATH") or None
+    if path:
+        forecaster = Forecaster.from_checkpoint(path)
+        meta = forecaster.metadata
+        return forecaster, {"name": BENTO_MODEL_NAME, "version": _label(meta.get("version")) or "checkpoint",
+                            "run_id": _label(meta.get("run_id")) or None, "source": f"file:{Path(path).name}",
+                            "tag": None}
+    tag = tag or os.environ.get("FLEETCAST_MODEL_TAG") or DEFAULT_TAG
+    model = _get(tag)
+    forecaster = Forecaster.from_checkpoint(model.path_of(CHECKPOINT_FILE))
+    labels = model.info.labels
+    return forecaster, {
+        "name": labels.get("registry_name") or model.tag.name,
+        "version": labels.get("registry_version") or str(model.tag.version),
+        "run_id": labels.get("run_id") or None,
+        "source": f"bentoml:{model.tag}",
+        "tag": str(model.tag),
+        "metrics": dict(model.info.metadata.get("metrics") or {}),
+    }
+
+
+def import_champion(tracking_uri: str | None = None, home: str | Path | None = None) -> bentoml.Model:
+    """Import the MLflow registry's ``fleetcast-tft@champion`` into BentoML's model store.
+
+    LookupError when the registry has no champion. Returns the BentoML model (tag, labels, metadata).
+    """
+    import tempfile
+
+    from models import registry
+
+    champion = registry.current_champion(tracking_uri)
+    if champion is None:
+        raise LookupError(f"no {config.MODEL_NAME}@{config.CHAMPION_ALIAS} in the MLflow registry")
+    info = registry.version_info(champion, tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = registry.champion_checkpoint_path(tracking_uri, dst=tmp)
+        return import_checkpoint(checkpoint, info, home=home)
+
+
+def has_model(tag: str = DEFAULT_TAG) -> bool:
+    """True when the model store under ``models.config.bentoml_home()`` holds ``tag``."""
+    try:
+        bentoml.models.get(tag, _model_store=model_store())
+    except NotFound:
+        return False
+    return True

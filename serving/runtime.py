@@ -1,0 +1,166 @@
+"""Everything one service worker holds, and what each endpoint does, as plain testable code.
+
+:class:`ServiceRuntime` owns the feed store, the model and its :class:`PredictionEngine`, the optional
+demo fleet and the write guard (bearer token + rate limit). ``serving/service.py`` maps HTTP routes
+onto its methods in a few lines each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models import simulator
+from serving import demo_fleet as demo
+from serving import ingest, model_store, security
+from serving.forecasting import PredictionEngine, iso
+from serving.store import FeedStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: status, JSON-able body (or pre-serialised bytes) and extra headers."""
+
+    status_code: int
+    body: Any
+    headers: dict[str, str] | None = None
+
+
+def error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status_code, {"detail": detail}, headers)
+
+
+class ScenarioRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenario: str
+    duration_hours: float | None = Field(default=None, gt=0, le=24 * 30)
+    servers: list[str] | None = None
+
+
+class ServiceRuntime:
+    def __init__(self, store: FeedStore | None = None, load_model: bool = True,
+                 demo_fleet: bool | None = None) -> None:
+        self.started = time.monotonic()
+        self.store = store or FeedStore()
+        self.limiter = security.limiter_from_env()
+        self.token = security.api_token()
+        self.model_info: dict[str, Any] = {"name": model_store.BENTO_MODEL_NAME, "version": None,
+                                           "run_id": None, "source": None}
+        self.model_error: str | None = None
+        self.engine: PredictionEngine | None = None
+        if load_model:
+            try:
+                forecaster, info = model_store.load_forecaster()
+                self.model_info = info
+                self.engine = PredictionEngine(forecaster, self.store, info)
+            except Exception as exc:  # serve the feed anyway; /health says degraded and why
+                self.model_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("no model loaded")
+        use_demo = demo.enabled() if demo_fleet is None else demo_fleet
+        self.demo: demo.DemoFleet | None = demo.DemoFleet(self.store) if use_demo else None
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.demo is not None:
+            self.demo.start()
+        if self.engine is not None:
+            self.engine.start()
+
+    def stop(self) -> None:
+        if self.demo is not None:
+            self.demo.stop()
+        if self.engine is not None:
+            self.engine.stop()
+        self.store.dispose()
+
+    # --- write guard ---------------------------------------------------------------------------------
+    def guard(self, authorization: str | None, client: str) -> Answer | None:
+        """401 without the configured bearer token, 429 (Retry-After) over the client's rate; else None."""
+        if not security.bearer_ok(authorization, self.token):
+            return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <FLEETCAST_API_TOKEN>'",
+                         {"WWW-Authenticate": "Bearer"})
+        wait = self.limiter.acquire(client)
+        if wait > 0:
+            header = security.RateLimiter.retry_after_header(wait)
+            return error(429, f"rate limit exceeded for {client}: retry in {header} s "
+                              "(FLEETCAST_RATE_LIMIT_PER_SECOND / FLEETCAST_RATE_LIMIT_BURST)",
+                         {"Retry-After": header})
+        return None
+
+    # --- endpoints -----------------------------------------------------------------------------------
+    def feed(self, body: bytes, content_type: str | None, content_encoding: str | None) -> Answer:
+        try:
+            data = ingest.decode_body(body, content_encoding, ingest.max_body_bytes())
+            items = ingest.parse_body(data, content_type)
+            result = ingest.ingest_items(self.store, items)
+        except ingest.IngestError as exc:
+            return error(exc.status_code, exc.detail)
+        return Answer(result.status_code, result.body())
+
+    def predictions(self, include_history: bool = False) -> Answer:
+        if self.engine is None:
+            return error(503, f"no model loaded: {self.model_error}")
+        return Answer(200, self.engine.predictions_json(include_history))
+
+    def prediction(self, server_name: str) -> Answer:
+        if self.engine is None:
+            return error(503, f"no model loaded: {self.model_error}")
+        found = self.engine.server_json(server_name)
+        if found is None:
+            return error(404, f"no forecast for server {server_name!r}: unknown, or under 1 h of usable history")
+        return Answer(200, found)
+
+    def alerts(self) -> Answer:
+        if self.engine is None:
+            return error(503, f"no model loaded: {self.model_error}")
+        return Answer(200, self.engine.alerts_json())
+
+    def health(self) -> dict[str, Any]:
+        engine = self.engine
+        degraded = engine is None or engine.last_error is not None or not engine.running
+        last_feed = self.store.last_received()
+        return {
+            "status": "degraded" if degraded else "healthy",
+            "uptime_seconds": round(time.monotonic() - self.started, 2),
+            "model_loaded": engine is not None,
+            "predictions_served": engine.predictions_served if engine else 0,
+            "last_prediction": engine.batch_time if engine else None,
+            "model": {k: self.model_info.get(k) for k in ("name", "version", "run_id", "source")},
+            "servers_tracked": engine.servers_tracked if engine else 0,
+            "records_stored": self.store.count(),
+            "last_feed_time": iso(last_feed) if last_feed is not None else None,
+            "demo_fleet": self.demo is not None,
+            "error": self.model_error or (engine.last_error if engine else None),
+        }
+
+    def scenario(self) -> dict[str, Any]:
+        current = self.demo.scenario if self.demo is not None else {
+            "scenario": "baseline", "servers": [], "duration_hours": None, "started_at": None, "expires_at": None}
+        return {**current, "demo_fleet": self.demo is not None, "available": list(simulator.SCENARIOS)}
+
+    def set_scenario(self, payload: Any) -> Answer:
+        if self.demo is None:
+            return error(409, "the built-in demo fleet is off, so there is no scenario to set: start the service "
+                              "with FLEETCAST_DEMO_FLEET=1 (make demo does). Real servers are not simulated.")
+        try:
+            req = ScenarioRequest.model_validate(payload)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+            return error(422, msgs)
+        if req.scenario not in simulator.SCENARIOS:
+            return error(422, f"scenario: unknown scenario {req.scenario!r}; available: "
+                              f"{', '.join(simulator.SCENARIOS)}")
+        try:
+            active = self.demo.set_scenario(req.scenario, req.servers, req.duration_hours)
+        except ValueError as exc:
+            return error(422, str(exc))
+        servers = sorted(active["servers"] or req.servers or self.demo.server_names)
+        return Answer(200, {"status": "success", "scenario": active["scenario"],
+                            "duration_hours": active["duration_hours"], "servers": servers})

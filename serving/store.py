@@ -1,0 +1,260 @@
+"""Durable feed store: every acknowledged record, on disk, keyed by (server_name, timestamp).
+
+SQLAlchemy Core so the same code runs on PostgreSQL later (``FLEETCAST_STORE_URL``); the default is
+SQLite in WAL mode under the data dir (``models.config.store_url()``).
+
+Durability: SQLite runs with ``journal_mode=WAL`` and ``synchronous=FULL``. With WAL, ``NORMAL``
+already survives a killed process (kill -9) but may lose the last transactions on a power cut or OS
+crash; ``FULL`` fsyncs the WAL on every commit, so a record answered with 200 survives both. Ingest
+commits once per request (one fsync per batch, not per record), so the cost stays small.
+
+Upsert: a second record for the same (server_name, timestamp) overwrites the first, so a shipper's
+retry never duplicates data.
+
+Reading history (:func:`align_history`): records at irregular times are put on the 5-minute grid
+(mean per bucket); gaps of at most ``max_gap_steps`` are filled by linear interpolation; a longer gap
+ends the usable history: only the contiguous tail after the last long gap is returned, nothing is
+invented across it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from models import config, schema
+
+logger = logging.getLogger(__name__)
+
+MAX_GAP_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones cut the history
+_MAX_IN = 900  # servers named in one SQL IN (...) list
+_STEP_NS = int(schema.STEP.value)
+
+metadata = sa.MetaData()
+records_table = sa.Table(
+    "records",
+    metadata,
+    sa.Column(schema.SERVER, sa.String(128), primary_key=True),
+    sa.Column(schema.TIMESTAMP, sa.DateTime(), primary_key=True),
+    *(sa.Column(m, sa.Float(), nullable=False) for m in schema.METRICS),
+    sa.Column(schema.STATUS, sa.String(16), nullable=False),
+    sa.Column(schema.PROFILE, sa.String(32), nullable=False),
+    sa.Column("received_at", sa.DateTime(), nullable=False, index=True),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _utcnow() -> datetime:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
+
+
+class FeedStore:
+    """The feed's records in one table; safe to share between threads of one process."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or config.store_url()
+        if self.url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            db_path = self.url.removeprefix("sqlite:///")
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = sa.create_engine(self.url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        self._write_lock = threading.Lock()  # SQLite has one writer; serialise in-process writers
+
+    # --- writing -------------------------------------------------------------------------------------
+    def _insert(self) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(records_table)
+        updated = {c.name: stmt.excluded[c.name] for c in records_table.columns if not c.primary_key}
+        return stmt.on_conflict_do_update(index_elements=[schema.SERVER, schema.TIMESTAMP], set_=updated)
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert or overwrite ``rows`` (dicts with the contract's fields) in one committed transaction."""
+        if not rows:
+            return 0
+        # the last row for a (server, timestamp) in one batch wins, like a later request would
+        unique: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for row in rows:
+            unique[(row[schema.SERVER], row[schema.TIMESTAMP])] = {c: row[c] for c in schema.COLUMNS}
+        with self._write_lock, self.engine.begin() as conn:
+            # stamped under the lock: received_at grows in commit order, so a reader's watermark
+            # (max received_at) never skips a batch committed later with an earlier stamp
+            received = _utcnow()
+            for values in unique.values():
+                values["received_at"] = received
+            conn.execute(self._insert(), list(unique.values()))
+        return len(unique)
+
+    # --- reading -------------------------------------------------------------------------------------
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(records_table)).scalar_one())
+
+    def servers(self) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(records_table.c[schema.SERVER]).distinct())
+            return sorted(r[0] for r in rows)
+
+    def last_received(self) -> datetime | None:
+        """Wall time (UTC) of the latest acknowledged write."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(records_table.c.received_at))).scalar_one()
+
+    def servers_received_since(self, since: datetime | None) -> list[str]:
+        """Servers with a record written after ``since`` (all servers when None)."""
+        query = sa.select(records_table.c[schema.SERVER]).distinct()
+        if since is not None:
+            query = query.where(records_table.c.received_at > since)
+        with self.engine.connect() as conn:
+            return sorted(r[0] for r in conn.execute(query))
+
+    def raw_window(self, servers: Iterable[str] | None = None,
+                   steps: int = schema.ENCODER_STEPS) -> pd.DataFrame:
+        """Raw records of the last ``steps`` 5-minute steps (+ the gap margin) of each server."""
+        names = None if servers is None else sorted(set(servers))
+        if names is not None and not names:
+            return schema.empty_frame()
+        # a long IN list hits the database's bound-parameter limit: filter those in pandas instead
+        sql_names = names if names is not None and len(names) <= _MAX_IN else None
+        cols = [records_table.c[c] for c in schema.COLUMNS]
+        last_q = sa.select(records_table.c[schema.SERVER],
+                           sa.func.max(records_table.c[schema.TIMESTAMP]).label("last"))
+        if sql_names is not None:
+            last_q = last_q.where(records_table.c[schema.SERVER].in_(sql_names))
+        last_q = last_q.group_by(records_table.c[schema.SERVER])
+        window = pd.Timedelta(minutes=schema.STEP_MINUTES * (steps + MAX_GAP_STEPS + 1))
+        with self.engine.connect() as conn:
+            lasts = pd.DataFrame(conn.execute(last_q).all(), columns=[schema.SERVER, "last"])
+            if names is not None:
+                lasts = lasts[lasts[schema.SERVER].isin(names)]
+            if lasts.empty:
+                return schema.empty_frame()
+            lasts["last"] = pd.to_datetime(lasts["last"])
+            cutoff = (lasts["last"].min() - window).to_pydatetime()
+            query = sa.select(*cols).where(records_table.c[schema.TIMESTAMP] > cutoff)
+            if sql_names is not None:
+                query = query.where(records_table.c[schema.SERVER].in_(sql_names))
+            frame = pd.DataFrame(conn.execute(query).all(), columns=list(schema.COLUMNS))
+        if names is not None:
+            frame = frame[frame[schema.SERVER].isin(lasts[schema.SERVER])].copy()
+        frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).astype("datetime64[ns]")
+        per_server_cutoff = frame[schema.SERVER].map(lasts.set_index(schema.SERVER)["last"]) - window
+        return frame[frame[schema.TIMESTAMP] > per_server_cutoff].reset_index(drop=True)
+
+    def history(self, servers: Iterable[str] | None = None, steps: int = schema.ENCODER_STEPS,
+                max_gap_steps: int = MAX_GAP_STEPS) -> pd.DataFrame:
+        """Model-ready history: last <= ``steps`` aligned, gap-filled steps per server (see module doc)."""
+        return align_history(self.raw_window(servers, steps), steps=steps, max_gap_steps=max_gap_steps)
+
+    def export_frame(self) -> pd.DataFrame:
+        """The whole store as a long-format DataFrame with the contract's columns (for retraining)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*(records_table.c[c] for c in schema.COLUMNS))
+                                .order_by(records_table.c[schema.SERVER], records_table.c[schema.TIMESTAMP]))
+            frame = pd.DataFrame(rows.all(), columns=list(schema.COLUMNS))
+        if frame.empty:
+            return schema.empty_frame()
+        frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).astype("datetime64[ns]")
+        for metric in schema.METRICS:
+            frame[metric] = frame[metric].astype("float64")
+        return frame
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def align_history(raw: pd.DataFrame, steps: int = schema.ENCODER_STEPS,
+                  max_gap_steps: int = MAX_GAP_STEPS) -> pd.DataFrame:
+    """Raw records (any times) -> last <= ``steps`` contiguous 5-minute steps per server.
+
+    Timestamps are floored to the 5-minute grid and metrics averaged per bucket; status and profile
+    are the last ones in the bucket. Each server's window ends at its latest bucket. Interior gaps of
+    <= ``max_gap_steps`` missing steps are linearly interpolated; the history starts right after the
+    last longer gap. Vectorised over servers (a [servers, steps] array per metric).
+    """
+    columns = list(schema.COLUMNS)
+    if raw.empty:
+        return schema.empty_frame()
+    frame = raw[columns].copy()
+    frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).dt.floor(schema.STEP_FREQ)
+    frame = frame.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable")
+    grouped = frame.groupby([schema.SERVER, schema.TIMESTAMP], sort=True)
+    buckets = grouped[list(schema.METRICS)].mean()
+    labels = grouped[[schema.STATUS, schema.PROFILE]].last()
+    buckets = buckets.join(labels).reset_index()
+
+    servers, server_idx = np.unique(buckets[schema.SERVER].to_numpy(dtype=str), return_inverse=True)
+    t_idx = buckets[schema.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) // _STEP_NS
+    last = np.full(len(servers), np.iinfo(np.int64).min)
+    np.maximum.at(last, server_idx, t_idx)
+    back = last[server_idx] - t_idx  # 0 for the newest bucket of each server
+    keep = back < steps
+    pos = steps - 1 - back[keep]
+    rows = server_idx[keep]
+
+    n = len(servers)
+    values = np.full((len(schema.METRICS), n, steps), np.nan)
+    for k, metric in enumerate(schema.METRICS):
+        values[k, rows, pos] = buckets[metric].to_numpy(dtype=float)[keep]
+    present = ~np.isnan(values[0])
+
+    # start of the usable history: after the last run of > max_gap_steps missing steps
+    run = np.zeros(n, dtype=np.int64)
+    start = np.zeros(n, dtype=np.int64)
+    for j in range(steps):
+        run = np.where(present[:, j], 0, run + 1)
+        start = np.where(run > max_gap_steps, j + 1, start)
+    first_present = np.argmax(present, axis=1)
+    start = np.maximum(start, first_present)
+
+    # interpolate short interior gaps (linear along time)
+    cols = np.arange(steps)
+    for k in range(len(schema.METRICS)):
+        v = values[k]
+        for i in np.flatnonzero((~present).any(axis=1)):
+            ok = present[i]
+            if ok.sum() >= 2:
+                v[i, ~ok] = np.interp(cols[~ok], cols[ok], v[i, ok])
+
+    # status: last known per bucket, carried forward into interpolated steps; profile: the newest one
+    status = np.full((n, steps), None, dtype=object)
+    status[rows, pos] = buckets[schema.STATUS].to_numpy()[keep]
+    status = pd.DataFrame(status).ffill(axis=1).bfill(axis=1).to_numpy()
+    profile = np.full((n, steps), None, dtype=object)
+    profile[rows, pos] = buckets[schema.PROFILE].to_numpy()[keep]
+
+    mask = cols[None, :] >= start[:, None]
+    if not mask.any():
+        return schema.empty_frame()
+    server_of = np.broadcast_to(np.arange(n)[:, None], (n, steps))[mask]
+    ts = (last[:, None] - (steps - 1 - cols[None, :])) * np.int64(_STEP_NS)
+    out = pd.DataFrame({
+        schema.TIMESTAMP: ts[mask].astype("datetime64[ns]"),
+        schema.SERVER: servers[server_of],
+        **{m: values[k][mask] for k, m in enumerate(schema.METRICS)},
+        schema.STATUS: status[mask],
+        schema.PROFILE: profile[:, steps - 1][server_of],
+    })
+    return out[columns]

@@ -1,0 +1,246 @@
+"""Benchmark the serving path: batched forecasting vs the library's predict(), GET latency, ingest rate.
+
+Run with ``make bench-serve`` (``.venv/bin/python tests/benchmarks/bench_serve.py``). One run, on the
+same windows (the last 24 h of a simulated fleet, tiled to the fleet size):
+
+1. forecast throughput (series/s) of ``Forecaster.forecast`` and of pytorch-forecasting's
+   ``model.predict(dataset, mode="quantiles")`` (its default batch size, 64) at 20, 1,000 and 10,000
+   servers; both timed from the same history DataFrame (frame preparation + dataset + network). The
+   library at 10,000 is extrapolated linearly from ``--library-max`` (default 1,000) servers (the
+   output says so); the library with the service's batch size is printed for reference;
+2. ingest throughput (records/s): 1,000-record batches over loopback HTTP to a ``bentoml serve``
+   subprocess, until 1,000 servers x 24 h are stored;
+3. GET /predictions latency p50/p99 with 1,000 servers (same subprocess, after its batch is ready).
+
+Model: the MLflow champion when the registry under the data dir has one, else a default-size
+(hidden 32) untrained TFT built from the same dataset parameters (the output says which; speed does
+not depend on the weights). Everything the run writes goes to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+
+from models import config, features, schema, simulator, tft
+
+SIZES = (20, 1_000, 10_000)
+LIBRARY_BATCH = 64  # model.predict()'s default batch size
+
+
+def load_model() -> tuple[tft.Forecaster, str]:
+    try:
+        from models import registry
+
+        if registry.current_champion() is not None:
+            forecaster, info = registry.load_champion()
+            return forecaster, f"MLflow champion {info['name']} v{info['version']} (run {info['run_id']})"
+    except Exception as exc:  # no registry or no champion: fall back, and say so
+        print(f"(no champion: {type(exc).__name__}: {exc})")
+    records = simulator.generate_fleet(n_servers=8, steps=3 * schema.STEPS_PER_DAY, seed=1).records
+    dataset = features.build_training_dataset(features.prepare_frame(records))
+    model = tft.build_model(dataset, tft.ModelSettings())
+    forecaster = tft.Forecaster(model, sorted(records[schema.SERVER].unique()), {"bench": "untrained"})
+    return forecaster, f"default-size untrained TFT (hidden 32, {forecaster.n_parameters:,} parameters)"
+
+
+def fleet_history(n_servers: int, end: pd.Timestamp, base: pd.DataFrame) -> pd.DataFrame:
+    """``n_servers`` series of 288 steps ending at ``end``: the base fleet's windows, tiled and renamed."""
+    names = base[schema.SERVER].unique()
+    reps = int(np.ceil(n_servers / len(names)))
+    parts = []
+    for r in range(reps):
+        part = base.copy()
+        part[schema.SERVER] = part[schema.SERVER] + f"-{r:04d}"
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    keep = sorted(out[schema.SERVER].unique())[:n_servers]
+    out = out[out[schema.SERVER].isin(keep)].reset_index(drop=True)
+    shift = end - out[schema.TIMESTAMP].max()
+    out[schema.TIMESTAMP] = out[schema.TIMESTAMP] + shift
+    return out
+
+
+def time_service(forecaster: tft.Forecaster, history: pd.DataFrame) -> float:
+    t0 = time.perf_counter()
+    out = forecaster.forecast(history)
+    seconds = time.perf_counter() - t0
+    assert len(out) == history[schema.SERVER].nunique()
+    return seconds
+
+
+def time_library(forecaster: tft.Forecaster, history: pd.DataFrame, batch_size: int = LIBRARY_BATCH) -> float:
+    """pytorch-forecasting's own path: same frame preparation, then ``model.predict`` (Trainer per call)."""
+    t0 = time.perf_counter()
+    frame, _ = features.inference_frame(history, forecaster.max_encoder_length, forecaster.min_encoder_length,
+                                        forecaster.horizon)
+    dataset = features.dataset_from_parameters(forecaster.dataset_parameters, frame, predict=True)
+    out = forecaster.model.predict(dataset, mode="quantiles", batch_size=batch_size,
+                                   trainer_kwargs={"accelerator": "cpu", "logger": False,
+                                                   "enable_progress_bar": False, "enable_model_summary": False})
+    seconds = time.perf_counter() - t0
+    n = out[0].shape[0] if isinstance(out, list | tuple) else out.shape[0]
+    assert n == history[schema.SERVER].nunique()
+    return seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def items_of(frame: pd.DataFrame) -> list[dict]:
+    out = frame[list(schema.COLUMNS)].copy()
+    out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    for m in schema.METRICS:
+        out[m] = out[m].astype(float).round(2)
+    return out.to_dict(orient="records")
+
+
+def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="fleetcast-bench-") as tmp:
+        tmp_path = Path(tmp)
+        checkpoint = tmp_path / "model.pt"
+        forecaster.save(checkpoint)
+        env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
+                   FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
+                   FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                deadline = time.monotonic() + 180
+                while True:
+                    try:
+                        if client.get("/readyz").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit("bentoml serve did not start; see its log")
+                    time.sleep(0.5)
+                records = items_of(history.sort_values([schema.TIMESTAMP, schema.SERVER]))
+                batches = [records[i:i + 1000] for i in range(0, len(records), 1000)]
+                t0 = time.perf_counter()
+                for batch in batches:
+                    r = client.post("/feed/data", json={"records": batch})
+                    r.raise_for_status()
+                ingest_s = time.perf_counter() - t0
+                posted = pd.Timestamp.now(tz="UTC").tz_localize(None).strftime("%Y-%m-%dT%H:%M:%S")
+                n_servers = history[schema.SERVER].nunique()
+                t0 = time.perf_counter()
+                while True:  # a batch computed after the last POST, covering every server
+                    body = client.get("/health").json()
+                    if body["servers_tracked"] >= n_servers and (body["last_prediction"] or "") > posted:
+                        break
+                    time.sleep(0.2)
+                batch_s = time.perf_counter() - t0
+                latencies = []
+                size = 0
+                for _ in range(requests):
+                    t = time.perf_counter()
+                    r = client.get("/predictions")
+                    latencies.append(time.perf_counter() - t)
+                    size = len(r.content)
+                assert len(r.json()["predictions"]) == n_servers
+                t = time.perf_counter()
+                full = client.get("/predictions", params={"include_history": "true"})
+                full_s = time.perf_counter() - t
+        finally:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+            for p in family:
+                if p.is_running():
+                    p.kill()
+            log.close()
+    lat = np.array(latencies) * 1000
+    return {"records": len(records), "batches": len(batches), "ingest_s": ingest_s,
+            "ingest_rate": len(records) / ingest_s, "first_batch_wait_s": batch_s,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": statistics.fmean(lat), "bytes": size, "full_bytes": len(full.content),
+            "full_first_s": full_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--library-max", type=int, default=1_000,
+                        help="largest fleet the library's predict() runs in full; larger ones are extrapolated")
+    parser.add_argument("--requests", type=int, default=200, help="GET /predictions requests for the latency")
+    parser.add_argument("--repeat", type=int, default=2, help="best of N for fleets up to 1,000 servers")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for this run and the served worker (0: torch's default); on shared "
+                             "cores 1 avoids OpenMP spin-wait stalls")
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # this benchmark process only
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the `bentoml serve` subprocess
+
+    forecaster, which = load_model()
+    end = pd.Timestamp.now(tz="UTC").tz_localize(None).floor(schema.STEP_FREQ)
+    base = simulator.LiveFleet(servers=simulator.default_servers(100), seed=11, start=end).history()
+    print(f"model: {which}")
+    print(f"torch threads: {__import__('torch').get_num_threads()}, cpus: {os.cpu_count()}")
+    print()
+    print(f"{'servers':>8} | {'Forecaster.forecast':>22} | {'library predict()':>28} | speed-up")
+    rows = []
+    time_service(forecaster, fleet_history(20, end, base))  # warm-up (imports, first allocation)
+    time_library(forecaster, fleet_history(20, end, base))
+    for n in SIZES:
+        history = fleet_history(n, end, base)
+        repeat = args.repeat if n <= 1_000 else 1
+        ours = min(time_service(forecaster, history) for _ in range(repeat))
+        if n <= args.library_max:
+            lib = min(time_library(forecaster, history) for _ in range(repeat))
+            note = "measured" if repeat == 1 else f"measured, best of {repeat}"
+        else:
+            known = [r for r in rows if r[0] == args.library_max and r[3].startswith("measured")]
+            sub_s = known[0][2] if known else time_library(forecaster, fleet_history(args.library_max, end, base))
+            lib = sub_s * n / args.library_max
+            note = f"estimated from {args.library_max:,}"
+        rows.append((n, ours, lib, note))
+        print(f"{n:>8,} | {ours:7.2f} s {n / ours:8,.0f} ser/s | {lib:7.2f} s {n / lib:8,.0f} ser/s "
+              f"({note}) | {lib / ours:5.1f}x", flush=True)
+    at_1000 = next(r for r in rows if r[0] == 1_000)
+    print(f"\nservice path vs library at 1,000 servers: {at_1000[2] / at_1000[1]:.1f}x (goal >= 3x)")
+    tuned = time_library(forecaster, fleet_history(1_000, end, base), batch_size=tft.INFERENCE_CHUNK)
+    print(f"for reference, library predict() at 1,000 servers with batch_size={tft.INFERENCE_CHUNK} (the service's "
+          f"chunk): {tuned:.2f} s = {1_000 / tuned:,.0f} series/s ({tuned / at_1000[1]:.1f}x slower than the service)")
+
+    if not args.skip_http:
+        print("\nHTTP against `bentoml serve` (1,000 servers x 288 steps, 1,000-record batches, loopback):")
+        res = bench_http(forecaster, fleet_history(1_000, end, base), args.requests)
+        print(f"  ingest: {res['records']:,} records in {res['batches']} requests, {res['ingest_s']:.1f} s "
+              f"= {res['ingest_rate']:,.0f} records/s")
+        print(f"  a batch with all 1,000 servers, computed after the last POST, was ready "
+              f"{res['first_batch_wait_s']:.1f} s after it (background refresh every 5 s)")
+        print(f"  GET /predictions ({res['bytes'] / 1e6:.1f} MB): p50 {res['p50_ms']:.1f} ms, "
+              f"p99 {res['p99_ms']:.1f} ms over {args.requests} requests")
+        print(f"  GET /predictions?include_history=true ({res['full_bytes'] / 1e6:.1f} MB), first call: "
+              f"{res['full_first_s'] * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Prediction engine units: confidence, incremental batches, ingest parsing details."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.tft import Forecaster
+from serving import ingest
+from serving.forecasting import PredictionEngine, confidence
+from serving.store import FeedStore
+
+
+def quantiles(width: float) -> dict[str, np.ndarray]:
+    p50 = np.full(96, 50.0)
+    q = np.stack([p50 - width / 2, p50, p50 + width / 2], axis=1)
+    return {"cpu_percent": q, "memory_percent": q, "disk_percent": q, "load_average": q / 10}
+
+
+def test_confidence_falls_with_band_width_short_history_and_unseen_servers() -> None:
+    base = confidence(quantiles(10.0), 288)
+    assert 0.0 < base <= 1.0
+    assert confidence(quantiles(40.0), 288) < base
+    assert confidence(quantiles(10.0), 12) < confidence(quantiles(10.0), 144) < base
+    assert confidence(quantiles(10.0), 288, seen_in_training=False) < base
+    assert confidence(quantiles(200.0), 288) >= 0.0
+
+
+class CountingForecaster:
+    """The real forecaster, recording which servers each batch asked for."""
+
+    def __init__(self, inner: Forecaster) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+
+    def forecast(self, history: Any) -> Any:
+        self.calls.append(sorted(history["server_name"].unique()))
+        return self.inner.forecast(history)
+
+
+def test_engine_forecasts_only_servers_with_new_data(tmp_path: Path, tiny_checkpoint: Path, h: Any) -> None:
+    store = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
+    fc = CountingForecaster(Forecaster.from_checkpoint(tiny_checkpoint))
+    engine = PredictionEngine(fc, store, {"name": "m", "version": "1", "run_id": "r"})
+    items = h.fleet_items(n_servers=3, steps=48)
+    store.upsert(ingest.validate_items(items).rows)
+    assert engine.refresh() == 3
+    assert engine.refresh() == 0  # nothing new: no forecast call
+    one = [i for i in h.fleet_items(n_servers=3, steps=1, seed=5) if i["server_name"] == items[0]["server_name"]]
+    store.upsert(ingest.validate_items(one).rows)
+    assert engine.refresh() == 1
+    assert fc.calls == [sorted({i["server_name"] for i in items}), [items[0]["server_name"]]]
+    assert engine.servers_tracked == 3  # the others keep their forecasts
+    store.dispose()
+
+
+@pytest.mark.parametrize(("content_type", "body", "n"), [
+    ("application/json", b'{"records": [{"a": 1}, {"b": 2}]}', 2),
+    ("application/json; charset=utf-8", b'[{"a": 1}]', 1),
+    ("application/json", b'{"server_name": "x"}', 1),
+    ("application/x-ndjson", b'{"a": 1}\n\n{"b": 2}\n', 2),
+    ("text/plain", b'{"a": 1}\n{"b": 2}', 2),
+    ("", b'{"a": 1}\n{"b": 2}', 2),
+    ("application/vnd.fleetcast+json", b"[]", 0),
+])
+def test_parse_body_accepts_the_documented_shapes(content_type: str, body: bytes, n: int) -> None:
+    assert len(ingest.parse_body(body, content_type)) == n
+
+
+def test_ndjson_bad_line_is_a_record_error_not_a_request_error() -> None:
+    items = ingest.parse_body(b'{"a": 1}\n{oops\n', "application/x-ndjson")
+    result = ingest.validate_items(items)
+    assert result.errors[1]["index"] == 1 and result.errors[1]["error"].startswith("line 2: malformed JSON")
+
+
+def test_aliases_only_fill_missing_contract_fields() -> None:
+    out = ingest.apply_aliases({"hostname": "h1", "server_name": "s1", "cpu": 5, "host": {"name": "x"}})
+    assert out["server_name"] == "s1" and out["cpu_percent"] == 5
+    assert ingest.apply_aliases({"host": {"name": "ecs-host"}})["server_name"] == "ecs-host"

@@ -1,0 +1,291 @@
+"""The real BentoML service in-process (``Fleetcast.to_asgi()`` + Starlette TestClient)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models import schema
+from models.tft import Forecaster
+
+METRICS = list(schema.METRICS)
+
+
+def ndjson(items: list[dict[str, Any]]) -> bytes:
+    return "\n".join(json.dumps(i) for i in items).encode()
+
+
+def assert_prediction_shape(p: dict[str, Any], with_history: bool) -> None:
+    assert set(p["current"]) == {*METRICS, "timestamp"}
+    assert set(p["predicted"]) == {*METRICS, "timestamp"}
+    assert 0.0 <= p["confidence"] <= 1.0
+    assert p["risk_level"] in ("low", "medium", "high", "critical")
+    assert len(p["forecast"]["timestamps"]) == 96
+    assert p["predicted"]["timestamp"] == p["forecast"]["timestamps"][-1]
+    for m in METRICS:
+        q = p["forecast"][m]
+        assert len(q["p10"]) == len(q["p50"]) == len(q["p90"]) == 96
+        assert all(lo <= mid <= hi for lo, mid, hi in zip(q["p10"], q["p50"], q["p90"], strict=True))
+        assert p["predicted"][m] == q["p50"][-1]
+    assert ("history" in p) is with_history
+    if with_history:
+        assert 12 <= len(p["history"]["timestamps"]) <= 288
+        assert all(len(p["history"][m]) == len(p["history"]["timestamps"]) for m in METRICS)
+
+
+@pytest.mark.parametrize("fmt", ["wrapped", "array", "ndjson", "ndjson-as-text", "gzip"])
+def test_feed_24h_in_each_format_then_predictions(client: Any, h: Any, fmt: str) -> None:
+    items = h.fleet_items()
+    if fmt == "wrapped":
+        r = client.post("/feed/data", json={"records": items})
+    elif fmt == "array":
+        r = client.post("/feed/data", json=items)
+    elif fmt == "ndjson":
+        r = client.post("/feed/data", content=ndjson(items), headers={"Content-Type": "application/x-ndjson"})
+    elif fmt == "ndjson-as-text":
+        r = client.post("/feed/data", content=ndjson(items), headers={"Content-Type": "text/plain"})
+    else:
+        r = client.post("/feed/data", content=gzip.compress(json.dumps({"records": items}).encode()),
+                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "success", "records_processed": len(items), "records_rejected": 0,
+                        "errors": [], "warnings": []}
+
+    r = client.get("/predictions")
+    assert r.status_code == 200
+    body = r.json()
+    names = sorted({i["server_name"] for i in items})
+    assert sorted(p["server_name"] for p in body["predictions"]) == names
+    assert set(body["model"]) == {"name", "version", "run_id"}
+    for p in body["predictions"]:
+        assert_prediction_shape(p, with_history=False)
+        assert p["history_steps"] == 288
+        assert p["current"]["timestamp"] == h.now_floor().strftime("%Y-%m-%dT%H:%M:%S")
+    order = [(["critical", "high", "medium", "low"].index(p["risk_level"]), p["server_name"])
+             for p in body["predictions"]]
+    assert order == sorted(order)
+
+    full = client.get("/predictions", params={"include_history": "true"}).json()
+    for p in full["predictions"]:
+        assert_prediction_shape(p, with_history=True)
+        assert len(p["history"]["timestamps"]) == 288
+    one = client.get(f"/predictions/{names[0]}")
+    assert one.status_code == 200
+    assert_prediction_shape(one.json(), with_history=True)
+
+
+def test_retried_batch_does_not_duplicate(client: Any, h: Any) -> None:
+    items = h.fleet_items(n_servers=2, steps=24)
+    assert client.post("/feed/data", json=items).status_code == 200
+    assert client.post("/feed/data", json=items).status_code == 200
+    assert client.get("/health").json()["records_stored"] == 48
+
+
+def test_memory_already_high_and_rising_raises_an_alert(client: Any, h: Any) -> None:
+    hot = h.series_items("hot-db-01", "database", {
+        "cpu_percent": 30.0, "memory_percent": lambda i: 90.0 + 7.0 * i / 287, "disk_percent": 50.0,
+        "load_average": 4.0})
+    calm = h.fleet_items(n_servers=2)
+    assert client.post("/feed/data", json={"records": hot + calm}).status_code == 200
+    body = client.get("/alerts").json()
+    mine = [a for a in body["alerts"] if a["server_name"] == "hot-db-01"
+            and a["alert_type"] == "memory_exhaustion_predicted"]
+    assert len(mine) == 1
+    a = mine[0]
+    assert a["severity"] == "critical" and a["threshold"] == 95.0 and a["current_value"] == 97.0
+    assert a["hours_to_breach"] == 0.0 and "Memory" in a["message"]
+    assert {"timestamp", "prediction_time", "probability", "predicted_value", "metric", "profile"} <= set(a)
+    preds = client.get("/predictions").json()["predictions"]
+    assert preds[0]["server_name"] == "hot-db-01" and preds[0]["risk_level"] == "critical"
+
+
+def test_health_reports_model_store_and_traffic(client: Any, h: Any) -> None:
+    before = client.get("/health").json()
+    assert before["model_loaded"] is True and before["demo_fleet"] is False
+    assert before["records_stored"] == 0 and before["last_feed_time"] is None
+    assert before["model"]["source"].startswith("file:")
+    client.post("/feed/data", json=h.fleet_items(n_servers=2))
+    client.get("/predictions")
+    after = client.get("/health").json()
+    assert after["status"] == "healthy"
+    assert after["records_stored"] == 576 and after["servers_tracked"] == 2
+    assert after["predictions_served"] == 1 and after["last_prediction"] is not None
+    assert after["uptime_seconds"] >= before["uptime_seconds"]
+    assert client.get("/readyz").status_code == 200 and client.get("/livez").status_code == 200
+
+
+def test_new_unknown_server_with_unknown_profile_gets_a_forecast(client: Any, h: Any,
+                                                                 tiny_checkpoint: Path) -> None:
+    assert client.post("/feed/data", json=h.fleet_items(n_servers=2)).status_code == 200
+    assert client.get("/predictions").status_code == 200  # first batch
+    newcomer = h.series_items("brand-new-host-77", "quantum_box", {
+        "cpu_percent": lambda i: 20 + 10 * (i % 12) / 12, "memory_percent": 40.0, "disk_percent": 30.0,
+        "load_average": 1.5}, steps=36)  # 3 h of history only
+    r = client.post("/feed/data", json=newcomer)
+    assert r.status_code == 200
+    assert r.json()["warnings"][0] == {"index": 0, "warning": "unknown profile 'quantum_box' mapped to 'generic'"}
+    p = h.wait_for(lambda: h.prediction_of(client, "brand-new-host-77"))
+    assert "brand-new-host-77" not in Forecaster.from_checkpoint(tiny_checkpoint).training_servers
+    assert p["seen_in_training"] is False and p["profile"] == "generic" and p["history_steps"] == 36
+    assert_prediction_shape(p, with_history=True)
+
+
+def test_mixed_batch_stores_valid_records_and_names_bad_ones(client: Any, h: Any) -> None:
+    items = h.fleet_items(n_servers=1, steps=5)
+    items[1] = {**items[1], "cpu_percent": 140}
+    items[3] = {**items[3], "server_name": "bad name!"}
+    r = client.post("/feed/data", json={"records": items})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "partial" and body["records_processed"] == 3 and body["records_rejected"] == 2
+    assert body["errors"][0] == {"index": 1, "error": "cpu_percent: Input should be less than or equal to 100"}
+    assert body["errors"][1]["index"] == 3 and body["errors"][1]["error"].startswith("server_name:")
+    assert client.get("/health").json()["records_stored"] == 3
+
+
+def test_logstash_style_fields_are_mapped(client: Any, h: Any) -> None:
+    ts = h.now_floor().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    event = {"@timestamp": ts, "hostname": "ls-web-01", "cpu": 45.2, "memory": 62.1, "disk": 35.8, "load": 2.3,
+             "status": "healthy", "server_profile": "web_api", "@version": "1"}
+    r = client.post("/feed/data", json=event)  # Logstash http output, format => "json": one event
+    assert r.status_code == 200 and r.json()["records_processed"] == 1
+
+
+def _future(h: Any) -> str:
+    return (h.now_floor() + __import__("pandas").Timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+BAD_INPUTS = [
+    # id, body (str/bytes or callable of h), content type, env, status, text in detail or first error
+    ("malformed-json", b'{"records": [', "application/json", {}, 400, "malformed JSON"),
+    ("empty-body", b"", "application/json", {}, 400, "empty body"),
+    ("blank-body", b"   \n ", "application/json", {}, 400, "empty body"),
+    ("xml", b"<records/>", "application/xml", {}, 415, "unsupported Content-Type"),
+    ("form", b"a=1", "application/x-www-form-urlencoded", {}, 415, "unsupported Content-Type"),
+    ("too-large", b'{"records": []}' + b" " * 2000, "application/json", {"FLEETCAST_MAX_BODY_BYTES": "1000"},
+     413, "FLEETCAST_MAX_BODY_BYTES"),
+    ("too-many", "many", "application/json", {"FLEETCAST_MAX_RECORDS": "5"}, 413, "FLEETCAST_MAX_RECORDS"),
+    ("records-not-array", b'{"records": "x"}', "application/json", {}, 400, "'records' must be an array"),
+    ("scalar", b"42", "application/json", {}, 400, "must be a JSON object or array"),
+    ("ndjson-garbage", b"not json\nalso not", "application/x-ndjson", {}, 400, "malformed NDJSON"),
+    ("bad-gzip", b"definitely not gzip", "application/json", {"_encoding": "gzip"}, 400, "not valid gzip"),
+    ("brotli", b"{}", "application/json", {"_encoding": "br"}, 415, "unsupported Content-Encoding"),
+    ("cpu-over-100", {"cpu_percent": 100.5}, "application/json", {}, 422,
+     "cpu_percent: Input should be less than or equal to 100"),
+    ("memory-negative", {"memory_percent": -1}, "application/json", {}, 422,
+     "memory_percent: Input should be greater than or equal to 0"),
+    ("load-absurd", {"load_average": 5000}, "application/json", {}, 422, "load_average: Input should be less"),
+    ("metric-as-bool", {"disk_percent": True}, "application/json", {}, 422, "must be a number, not a boolean"),
+    ("metric-as-text", {"disk_percent": "lots"}, "application/json", {}, 422, "disk_percent: Input should be a valid"),
+    ("nan", "nan", "application/json", {}, 422, "cpu_percent: Input should be a finite number"),
+    ("no-server-name", {"server_name": None}, "application/json", {}, 422, "server_name"),
+    ("bad-server-name", {"server_name": "no spaces allowed"}, "application/json", {}, 422,
+     "server_name: String should match pattern"),
+    ("bad-timestamp", {"timestamp": "yesterday-ish"}, "application/json", {}, 422, "timestamp:"),
+    ("future", "future", "application/json", {}, 422, "more than 10 minutes in the future"),
+    ("bad-status", {"status": "on fire"}, "application/json", {}, 422, "status: status must be one of"),
+    ("not-an-object", b"[1, 2]", "application/json", {}, 422, "record must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("body", "ctype", "env", "status", "text"),
+                         [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS])
+def test_bad_input_gets_its_status_and_message(client: Any, h: Any, monkeypatch: pytest.MonkeyPatch, body: Any,
+                                               ctype: str, env: dict[str, str], status: int, text: str) -> None:
+    good = h.fleet_items(n_servers=1, steps=1)[0]
+    encoding = env.get("_encoding")
+    for k, v in env.items():
+        if not k.startswith("_"):
+            monkeypatch.setenv(k, v)
+    if isinstance(body, dict):
+        record = {**good, **body}
+        if body.get("server_name", "") is None:
+            del record["server_name"]
+        payload = json.dumps({"records": [record]}).encode()
+    elif body == "many":
+        payload = json.dumps([good] * 6).encode()
+    elif body == "nan":
+        payload = json.dumps([good]).encode().replace(b'"cpu_percent": ' + str(good["cpu_percent"]).encode(),
+                                                      b'"cpu_percent": NaN')
+    elif body == "future":
+        payload = json.dumps([{**good, "timestamp": _future(h)}]).encode()
+    else:
+        payload = body
+    headers = {"Content-Type": ctype}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    r = client.post("/feed/data", content=payload, headers=headers)
+    assert r.status_code == status, r.text
+    data = r.json()
+    if status == 422:
+        assert data["status"] == "error" and data["records_processed"] == 0 and data["records_rejected"] >= 1
+        assert text in data["errors"][0]["error"], data
+        assert data["errors"][0]["index"] == 0
+    else:
+        assert text in data["detail"], data
+    assert client.get("/health").json()["records_stored"] == 0
+
+
+def test_unknown_server_is_404(client: Any) -> None:
+    r = client.get("/predictions/nobody-here")
+    assert r.status_code == 404 and "nobody-here" in r.json()["detail"]
+
+
+def test_no_model_is_503_and_degraded_health(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETCAST_MODEL_PATH", "/nonexistent/tft.pt")
+    broken = make_client()
+    assert broken.get("/predictions").status_code == 503
+    health = broken.get("/health").json()
+    assert health["status"] == "degraded" and health["model_loaded"] is False and "tft.pt" in health["error"]
+
+
+def test_scenario_set_is_409_with_demo_fleet_off(client: Any) -> None:
+    r = client.post("/scenario/set", json={"scenario": "critical"})
+    assert r.status_code == 409 and "FLEETCAST_DEMO_FLEET=1" in r.json()["detail"]
+    state = client.get("/scenario").json()
+    assert state["demo_fleet"] is False and state["scenario"] == "baseline" and "memory_leak" in state["available"]
+
+
+def test_write_endpoints_need_the_token_when_set(make_client: Any, h: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETCAST_API_TOKEN", "s3cret")
+    client = make_client()
+    items = h.fleet_items(n_servers=1, steps=2)
+    assert client.post("/feed/data", json=items).status_code == 401
+    r = client.post("/feed/data", json=items, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    assert client.post("/scenario/set", json={"scenario": "baseline"}).status_code == 401
+    assert client.post("/feed/data", json=items, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/health").status_code == 200  # reads stay open
+
+
+def test_write_endpoints_are_rate_limited_per_client(make_client: Any, h: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETCAST_RATE_LIMIT_PER_SECOND", "0.01")
+    monkeypatch.setenv("FLEETCAST_RATE_LIMIT_BURST", "3")
+    client = make_client()
+    items = h.fleet_items(n_servers=1, steps=1)
+    codes = [client.post("/feed/data", json=items).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    r = client.post("/feed/data", json=items)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "rate limit" in r.json()["detail"]
+    assert client.get("/predictions").status_code == 200  # reads are not limited
+
+
+def test_service_loads_the_champion_from_the_bentoml_model_store(make_client: Any, tiny_checkpoint: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import model_store
+
+    monkeypatch.delenv("FLEETCAST_MODEL_PATH")
+    model = model_store.import_checkpoint(tiny_checkpoint, {"name": "fleetcast-tft", "version": "7",
+                                                            "run_id": "run-abc", "metrics": {"mae_cpu": 3.2}})
+    assert model.info.labels["registry_version"] == "7"
+    again = model_store.import_checkpoint(tiny_checkpoint, {"version": "7", "run_id": "run-abc"})
+    assert again.tag == model.tag  # same registry version: no second copy
+    health = make_client().get("/health").json()
+    assert health["model"] == {"name": "fleetcast-tft", "version": "7", "run_id": "run-abc",
+                               "source": f"bentoml:{model.tag}"}
+    assert health["model_loaded"] is True
