@@ -1,0 +1,58 @@
+"""fleetcast dashboard: ``streamlit run dashboard/app.py`` (port 8501).
+
+Reads only from the service's HTTP API at FLEETCAST_API_URL (default http://localhost:8000), once per
+refresh (FLEETCAST_DASHBOARD_REFRESH_SECONDS, default 30 s); see docs/dashboard.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from dashboard import views
+from dashboard.client import refresh_seconds
+from dashboard.session import RUN_MS_KEY, current_snapshot, make_auto_refresh, request_refresh
+
+
+def main() -> None:
+    started = time.perf_counter()
+    st.set_page_config(page_title="fleetcast", page_icon="📈", layout="wide")
+    try:
+        render()
+    finally:
+        # server-side time of this full run, for the benchmark and for curious operators
+        st.session_state[RUN_MS_KEY] = (time.perf_counter() - started) * 1000
+
+
+def render() -> None:
+    period = refresh_seconds()
+    snap = current_snapshot()
+
+    title, button = st.columns([6, 1], vertical_alignment="bottom")
+    title.title("fleetcast", anchor=False)
+    button.button("Refresh now", on_click=request_refresh, key="refresh_now")
+    st.caption(
+        f"Service {snap.base_url} · data fetched {snap.fetched_at:%H:%M:%S} UTC in {snap.elapsed_s:.2f} s"
+        f" · auto-refresh every {period:g} s"
+    )
+    make_auto_refresh(period)()
+
+    if snap.unreachable:
+        views.render_unreachable(snap)
+        return
+    views.render_partial_errors(snap)
+    views.render_overview(snap)
+
+    heatmap, detail, alerts, demo = st.tabs(["Fleet heatmap", "Server detail", "Alerts", "Demo controls"])
+    with heatmap:
+        views.render_heatmap(snap)
+    with detail:
+        views.render_server_detail(snap)
+    with alerts:
+        views.render_alerts(snap)
+    with demo:
+        views.render_demo(snap)
+
+
+main()

@@ -1,0 +1,231 @@
+"""HTTP client for the fleetcast service: the dashboard's only way to its data.
+
+One refresh is one :class:`Snapshot`: a GET each of ``/health``, ``/predictions?include_history=true``,
+``/alerts`` and ``/scenario``, issued concurrently, answered or failed together. Every request that
+leaves this process goes through :class:`FleetcastClient` and is counted in :data:`REQUEST_COUNTER`, so
+a test (AppTest runs the app in-process) can prove that a dropdown or a tab makes no request at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from dashboard.data import FleetData, alerts_frame
+from models.config import api_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFRESH_SECONDS = 30.0
+DEFAULT_TIMEOUT_SECONDS = 30.0
+ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
+    "health": ("/health", {}),
+    "predictions": ("/predictions", {"include_history": "true"}),
+    "alerts": ("/alerts", {}),
+    "scenario": ("/scenario", {}),
+}
+
+
+class RequestCounter:
+    """Thread-safe tally of requests sent, by ``METHOD path``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_route: Counter[str] = Counter()
+
+    def record(self, request: httpx.Request) -> None:
+        with self._lock:
+            self._by_route[f"{request.method} {request.url.path}"] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._by_route.values())
+
+    def by_route(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_route)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_route.clear()
+
+
+REQUEST_COUNTER = RequestCounter()
+
+
+def request_count() -> int:
+    """How many HTTP requests this process has sent to the service so far."""
+    return REQUEST_COUNTER.total
+
+
+class ServiceError(Exception):
+    """The service answered with an error (``status`` is its HTTP status) or could not be reached
+    (``status`` is None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status is None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number", name, raw)
+        return default
+    return value if value > 0 else default
+
+
+def refresh_seconds() -> float:
+    """Auto-refresh period, from FLEETCAST_DASHBOARD_REFRESH_SECONDS (default 30)."""
+    return _env_float("FLEETCAST_DASHBOARD_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else str(detail)
+    return str(body)[:300]
+
+
+@dataclass
+class Snapshot:
+    """Everything one refresh fetched. A part that failed is None and its error is in ``errors``."""
+
+    base_url: str
+    health: dict[str, Any] | None = None
+    predictions: dict[str, Any] | None = None
+    alerts: dict[str, Any] | None = None
+    scenario: dict[str, Any] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    elapsed_s: float = 0.0
+
+    @property
+    def unreachable(self) -> bool:
+        """True when neither the health nor the predictions answer came back."""
+        return self.health is None and self.predictions is None
+
+    @cached_property
+    def fleet(self) -> FleetData:
+        return FleetData.from_response(self.predictions)
+
+    @cached_property
+    def alerts_table(self) -> pd.DataFrame:
+        """The active alerts as a table, most severe and soonest first (built once per refresh)."""
+        return alerts_frame(self.alert_list)
+
+    @property
+    def alert_list(self) -> list[dict[str, Any]]:
+        return list((self.alerts or {}).get("alerts") or [])
+
+    @property
+    def demo_fleet(self) -> bool:
+        return bool((self.health or {}).get("demo_fleet") or (self.scenario or {}).get("demo_fleet"))
+
+
+class FleetcastClient:
+    """Talks to the service at ``base_url`` (default: ``models.config.api_url()``)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = (base_url or api_url()).rstrip("/")
+        self.token = token if token is not None else os.environ.get("FLEETCAST_API_TOKEN") or None
+        read_timeout = timeout or _env_float("FLEETCAST_API_TIMEOUT", DEFAULT_TIMEOUT_SECONDS)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(read_timeout, connect=min(5.0, read_timeout)),
+            event_hooks={"request": [REQUEST_COUNTER.record]},
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "fleetcast-dashboard"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- low level ----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # connect refused, DNS, timeout, reset
+            raise ServiceError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise ServiceError(
+                f"{method} {path} answered {response.status_code}: {_detail(response)}",
+                status=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServiceError(f"{method} {path} answered non-JSON", status=response.status_code) from exc
+
+    def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._request("GET", path, params=params or None)
+
+    # --- endpoints ----------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self.get_json("/health")
+
+    def predictions(self, include_history: bool = True) -> dict[str, Any]:
+        return self.get_json("/predictions", {"include_history": "true"} if include_history else None)
+
+    def alerts(self) -> dict[str, Any]:
+        return self.get_json("/alerts")
+
+    def scenario(self) -> dict[str, Any]:
+        return self.get_json("/scenario")
+
+    def set_scenario(
+        self, scenario: str, duration_hours: float, servers: list[str] | None = None
+    ) -> dict[str, Any]:
+        """POST /scenario/set. ``servers`` None or empty means the whole demo fleet."""
+        body: dict[str, Any] = {"scenario": scenario, "duration_hours": duration_hours}
+        if servers:
+            body["servers"] = list(servers)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return self._request("POST", "/scenario/set", json=body, headers=headers)
+
+    def fetch_snapshot(self) -> Snapshot:
+        """One refresh: the four GETs concurrently; never raises, failures land in ``errors``."""
+        started = time.perf_counter()
+        snap = Snapshot(base_url=self.base_url)
+        with ThreadPoolExecutor(max_workers=len(ENDPOINTS), thread_name_prefix="fleetcast-fetch") as pool:
+            futures = {
+                name: pool.submit(self.get_json, path, params) for name, (path, params) in ENDPOINTS.items()
+            }
+            for name, future in futures.items():
+                try:
+                    setattr(snap, name, future.result())
+                except ServiceError as exc:
+                    snap.errors[name] = str(exc)
+        snap.elapsed_s = time.perf_counter() - started
+        log.info("fetched snapshot from %s in %.2f s (errors: %s)", self.base_url, snap.elapsed_s, snap.errors)
+        return snap

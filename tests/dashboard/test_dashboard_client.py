@@ -1,0 +1,56 @@
+"""The dashboard's HTTP client against the counting stand-in server (unit level, real HTTP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.client import FleetcastClient, ServiceError, request_count
+from dashboard.standin import StandinService, free_port
+
+
+def test_one_snapshot_is_exactly_four_gets(standin: StandinService) -> None:
+    client = FleetcastClient(standin.url)
+    snap = client.fetch_snapshot()
+    assert snap.errors == {}
+    assert not snap.unreachable
+    assert dict(standin.counts) == {"GET /health": 1, "GET /predictions": 1, "GET /alerts": 1, "GET /scenario": 1}
+    assert request_count() == 4
+    assert len(snap.fleet) == 12
+    assert snap.fleet.has_history  # include_history=true was asked for
+    assert snap.demo_fleet
+
+
+def test_closed_port_is_unreachable_not_an_exception() -> None:
+    snap = FleetcastClient(f"http://127.0.0.1:{free_port()}", timeout=2).fetch_snapshot()
+    assert snap.unreachable
+    assert set(snap.errors) == {"health", "predictions", "alerts", "scenario"}
+    assert "ConnectError" in snap.errors["health"]
+
+
+def test_scenario_set_and_service_errors(standin: StandinService) -> None:
+    client = FleetcastClient(standin.url)
+    answer = client.set_scenario("memory_leak", 6, ["srv-0001"])
+    assert answer == {"status": "success", "scenario": "memory_leak", "duration_hours": 6, "servers": ["srv-0001"]}
+    assert client.scenario()["scenario"] == "memory_leak"
+    with pytest.raises(ServiceError) as err:
+        client.set_scenario("meteor_strike", 1)
+    assert err.value.status == 422 and "meteor_strike" in str(err.value)
+    standin.demo_fleet = False
+    with pytest.raises(ServiceError) as err:
+        client.set_scenario("baseline", 1)
+    assert err.value.status == 409 and "demo fleet is off" in str(err.value)
+    with pytest.raises(ServiceError) as err:
+        client.get_json("/predictions/nope")
+    assert err.value.status == 404 and not err.value.unreachable
+
+
+def test_token_is_sent_on_writes_only(standin: StandinService, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str | None]] = []
+    monkeypatch.setenv("FLEETCAST_API_TOKEN", "s3cret")
+    client = FleetcastClient(standin.url)
+    client._http.event_hooks["request"].append(
+        lambda request: seen.append((request.method, request.headers.get("authorization")))
+    )
+    client.health()
+    client.set_scenario("baseline", 2)
+    assert seen == [("GET", None), ("POST", "Bearer s3cret")]
