@@ -11,15 +11,17 @@ build_dataset = dg.define_asset_job(
 )
 
 # training: preset "demo" by default (Launchpad: ops.tft_model.config.preset); the _full job
-# pre-fills preset "full" (whole epochs, accelerator auto)
+# pre-fills preset "full" (whole epochs, accelerator auto). Both end by packaging whatever is then
+# champion into BentoML's model store, so the next `bentoml serve` start runs it.
+_TRAIN_PATH = dg.AssetSelection.groups("training", "serving")
 train_and_promote = dg.define_asset_job(
     "train_and_promote",
-    selection=dg.AssetSelection.groups("training"),
-    description="Train the TFT on fleet_dataset, evaluate vs baselines, register, promote if better.",
+    selection=_TRAIN_PATH,
+    description="Train the TFT, evaluate vs baselines, register, promote if better, package the champion.",
 )
 train_and_promote_full = dg.define_asset_job(
     "train_and_promote_full",
-    selection=dg.AssetSelection.groups("training"),
+    selection=_TRAIN_PATH,
     config={"ops": {"tft_model": {"config": {"preset": "full"}}}},
     description="train_and_promote with the full preset (whole epochs; GPU if present).",
 )

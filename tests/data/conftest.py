@@ -10,8 +10,6 @@ import pytest
 from models import schema
 from models.simulator import FleetData, default_servers, generate_fleet
 
-NAB_DIR = Path("/work/shared/data/nab")
-
 
 @pytest.fixture(scope="session")
 def default_fleet() -> FleetData:

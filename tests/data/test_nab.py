@@ -7,17 +7,19 @@ the 5-minute grid it passes too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models import schema
+from models import config, schema
 from models.simulator import status_from_metrics
 from models.validation import validate_fleet
 
-NAB_DIR = Path("/work/shared/data/nab")
+# shared/ sits beside the checkout (as in CI's clone); FLEETCAST_NAB_DIR points elsewhere.
+NAB_DIR = Path(os.environ.get("FLEETCAST_NAB_DIR", config.PROJECT_ROOT.parent / "shared" / "data" / "nab"))
 TRACES = sorted(NAB_DIR.glob("ec2_cpu_utilization_*.csv"))
 
 
