@@ -133,6 +133,9 @@ def demo(retrain: bool) -> None:
     else:
         log.info("a packaged champion exists; skipping the pipeline (use --retrain to run it again)")
     procs = start_services(env)
+    # Ctrl-C and SIGTERM both stop every service (SIGINT may arrive ignored when started in the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         urls = {
             "dagster": f"http://localhost:{PORTS['dagster']}",
