@@ -305,28 +305,31 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+ALERT_COLUMNS: tuple[str, ...] = (
+    "severity",
+    "server_name",
+    "profile",
+    "alert_type",
+    "message",
+    "hours_to_breach",
+    "prediction_time",
+    "metric",
+    "threshold",
+    "current_value",
+    "predicted_value",
+    "probability",
+    "timestamp",
+)
+"""Alert fields the dashboard keeps from GET /alerts, in table order."""
+
+
 def alerts_frame(alerts: list[dict[str, Any]] | None) -> pd.DataFrame:
     """Active alerts as a table, most severe and soonest first."""
-    columns = [
-        "severity",
-        "server_name",
-        "profile",
-        "alert_type",
-        "message",
-        "hours_to_breach",
-        "prediction_time",
-        "metric",
-        "threshold",
-        "current_value",
-        "predicted_value",
-        "probability",
-        "timestamp",
-    ]
     frame = pd.DataFrame([a for a in alerts or [] if isinstance(a, dict)])
-    for col in columns:
+    for col in ALERT_COLUMNS:
         if col not in frame:
             frame[col] = pd.Series(dtype=object)
-    frame = frame[columns]
+    frame = frame[list(ALERT_COLUMNS)]
     for col in ("hours_to_breach", "threshold", "current_value", "predicted_value", "probability"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     rank = frame["severity"].map(risk_rank)

@@ -16,6 +16,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.client import ServiceError, Snapshot
 from dashboard.data import (
+    ALERT_COLUMNS,
     RISK_LEVELS,
     SEVERITIES,
     alerts_frame,
@@ -194,28 +195,13 @@ def render_alerts(snap: Snapshot) -> None:
     _alerts_table(shown, key="alerts_table")
 
 
-ALERT_COLUMNS: tuple[str, ...] = (
-    "severity",
-    "server_name",
-    "profile",
-    "alert_type",
-    "message",
-    "hours_to_breach",
-    "prediction_time",
-    "metric",
-    "threshold",
-    "current_value",
-    "predicted_value",
-    "probability",
-)
-
-
 def _alerts_table(frame: Any, key: str, drop: tuple[str, ...] = ()) -> None:
     st.dataframe(
         frame,
         hide_index=True,
         width="stretch",
-        column_order=[c for c in ALERT_COLUMNS if c not in drop],
+        # "timestamp" (when the service last updated the alert) stays in the frame but not on screen
+        column_order=[c for c in ALERT_COLUMNS if c not in drop and c != "timestamp"],
         column_config={
             "severity": st.column_config.TextColumn("severity"),
             "server_name": st.column_config.TextColumn("server"),
