@@ -11,7 +11,9 @@ Inputs the model sees:
   ``generic`` by :func:`models.schema.normalize_profile` first);
 - known reals: hour of day and day of week as sin/cos pairs (plus the library's
   ``relative_time_idx`` and ``encoder_length``);
-- observed (unknown) inputs: the four metrics and the categorical ``status``.
+- observed (unknown) inputs: the four metrics and the categorical ``status``;
+- targets are scaled per window (:func:`target_normalizer`): the network sees and predicts each
+  metric relative to the window's own level, so forecasts start from where a series is now.
 
 ``server_name`` is only the group id: it is never an input, so a server the model never saw is
 forecast from its profile and its own history.
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pytorch_forecasting import TimeSeriesDataSet
-from pytorch_forecasting.data.encoders import MultiNormalizer, NaNLabelEncoder, TorchNormalizer
+from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer, NaNLabelEncoder
 
 from models import schema
 
@@ -128,6 +130,25 @@ def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> p
     return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
+# steps of history whose mean centres a slow-moving target (disk fills over days: a 24 h mean lags)
+RECENT_CENTER_STEPS = schema.STEPS_PER_HOUR
+SLOW_TARGETS: frozenset[str] = frozenset({"disk_percent"})
+
+
+def target_normalizer() -> MultiNormalizer:
+    """One ``EncoderNormalizer`` per target, fitted on each window's own history (not per server).
+
+    Centre and scale come from the encoder window: its whole history for the fast metrics, the last
+    hour's mean (scale still over the whole history) for the slow ones. The network predicts the
+    deviation from that level, so it starts from where the series is now, for any server.
+    """
+    return MultiNormalizer([
+        EncoderNormalizer(method="standard",
+                          max_length=[RECENT_CENTER_STEPS, schema.ENCODER_STEPS] if t in SLOW_TARGETS else None)
+        for t in TARGETS
+    ])
+
+
 def dataset_kwargs(
     max_encoder_length: int = schema.ENCODER_STEPS,
     max_prediction_length: int = schema.HORIZON_STEPS,
@@ -152,9 +173,9 @@ def dataset_kwargs(
             schema.PROFILE: NaNLabelEncoder(add_nan=True).fit(pd.Series(schema.PROFILES)),
             schema.STATUS: NaNLabelEncoder(add_nan=True).fit(pd.Series(schema.STATUSES)),
         },
-        # one global scale per metric: the network sees absolute levels (a 95 % CPU is near a limit)
-        # and nothing depends on which server a series belongs to
-        target_normalizer=MultiNormalizer([TorchNormalizer(method="standard") for _ in TARGETS]),
+        # per-window scaling (see target_normalizer): the forecast is anchored on the window's own
+        # recent level and nothing depends on which server it is
+        target_normalizer=target_normalizer(),
         add_relative_time_idx=True,
         add_encoder_length=True,
         add_target_scales=False,

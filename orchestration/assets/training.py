@@ -47,7 +47,8 @@ def _preset(cfg: TrainConfig) -> tft.Preset:
     )
     if cfg.hidden_size is not None:
         overrides["hidden_size"] = cfg.hidden_size
-        overrides["hidden_continuous_size"] = max(1, cfg.hidden_size // 2)
+        # same ratio as the presets (hidden 32 -> continuous 8, ~86K parameters)
+        overrides["hidden_continuous_size"] = max(1, cfg.hidden_size // 4)
     return tft.resolve_preset(cfg.preset, **overrides)
 
 

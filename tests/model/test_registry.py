@@ -55,6 +55,28 @@ def registry_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
 
 
+@pytest.fixture(scope="module")
+def champion_registry(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
+                      tiny_experiment: evaluation.Experiment) -> Iterator[str]:
+    """A registry of its own in which the tiny model is registered and promoted to ``champion``.
+
+    Independent of the promotion test (and of test order): the baseline gate is opened, as in
+    that test, because a few-second model is not meant to beat the baselines.
+    """
+    root = tmp_path_factory.mktemp("champion_registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEETCAST_DATA_DIR", str(root))
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("FLEETCAST_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+        trained = tft.Forecaster.from_checkpoint(tiny_checkpoint)
+        version, metrics = _register(trained, tiny_experiment, root, "champion", uri)
+        decision = registry.promote(version, {**metrics, "best_baseline_score": float("inf")},
+                                    lambda _champion: float("inf"), uri)
+        assert decision.promoted, decision.reason
+        yield uri
+
+
 def _register(forecaster: tft.Forecaster, exp: evaluation.Experiment, tmp: Path, name: str,
               uri: str) -> tuple[str, dict[str, float]]:
     metrics = evaluation.evaluate(forecaster.model, exp.frame, exp.windows).metrics
@@ -129,11 +151,11 @@ def test_gated_promotion_with_real_models(registry_env: str, tiny_checkpoint: Pa
     assert tft.Forecaster.from_checkpoint(path).n_parameters == trained.n_parameters
 
 
-def test_champion_loads_in_a_fresh_process(registry_env: str, tiny_fleet: simulator.FleetData,
+def test_champion_loads_in_a_fresh_process(champion_registry: str, tiny_fleet: simulator.FleetData,
                                            tmp_path: Path) -> None:
-    """Depends on the previous test having promoted a champion in the same registry."""
-    if registry.current_champion(registry_env) is None:
-        pytest.fail("no champion: test_gated_promotion_with_real_models must run first")
+    """The pyfunc of the promoted champion predicts in a process with none of the test's state."""
+    champion = registry.current_champion(champion_registry)
+    assert champion is not None
     records = tiny_fleet.records.groupby(schema.SERVER).tail(schema.ENCODER_STEPS)
     records = records.assign(server_name=records[schema.SERVER] + "-renamed")  # never seen in training
     data = tmp_path / "records.parquet"
@@ -146,7 +168,7 @@ def test_champion_loads_in_a_fresh_process(registry_env: str, tiny_fleet: simula
         "  'servers': sorted(out['server_name'].unique()), 'metrics': sorted(out['metric'].unique()),\n"
         "  'steps': int(out['step'].max()), 'ordered': bool(((out.p10 <= out.p50) & (out.p50 <= out.p90)).all())}))\n"
     )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry_env}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion_registry}
     proc = subprocess.run([sys.executable, "-c", script, str(data)], capture_output=True, text=True,
                           env=env, cwd=config.PROJECT_ROOT, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

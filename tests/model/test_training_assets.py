@@ -26,7 +26,7 @@ def test_train_config_presets() -> None:
     custom = training._preset(training.TrainConfig(preset="full", max_epochs=3, hidden_size=16,
                                                    limit_train_batches=0.25))
     assert custom.train.max_epochs == 3 and custom.train.accelerator == "auto"
-    assert custom.model.hidden_size == 16 and custom.model.hidden_continuous_size == 8
+    assert custom.model.hidden_size == 16 and custom.model.hidden_continuous_size == 4
     assert custom.train.limit_train_batches == 0.25
     with pytest.raises(ValueError, match="unknown preset"):
         training._preset(training.TrainConfig(preset="huge"))
