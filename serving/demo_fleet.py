@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from models import schema, simulator
+from serving.background import Periodic
 from serving.ingest import ingest_items
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,7 @@ class DemoFleet:
         self.on_ingest = on_ingest
         self.steps_emitted = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._clock = Periodic(self.step, name="fleetcast-demo-fleet")
 
     def _ingest(self, frame: pd.DataFrame) -> int:
         result = ingest_items(self.store, frame_to_items(frame), now=self.fleet.now.to_pydatetime())
@@ -98,22 +98,9 @@ class DemoFleet:
     def server_names(self) -> list[str]:
         return [name for name, _ in self.fleet.servers]
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.step_seconds):
-            try:
-                self.step()
-            except Exception:
-                logger.exception("demo fleet step failed")
-
     def start(self) -> None:
         self.seed_history()
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="fleetcast-demo-fleet", daemon=True)
-            self._thread.start()
+        self._clock.start(self.step_seconds)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._clock.stop()

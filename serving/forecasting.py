@@ -25,6 +25,7 @@ import pandas as pd
 from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
+from serving.background import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ class PredictionEngine:
         self._seen: datetime | None = None  # store watermark (received_at) covered by the last batch
         self._lock = threading.Lock()  # guards the answers
         self._refresh_lock = threading.Lock()  # one refresh at a time
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = Periodic(self.refresh, name="fleetcast-refresh", on_error=self._refresh_failed)
         self.batch_time: str | None = None
         self.last_error: str | None = None
         self.last_refresh_seconds: float | None = None
@@ -237,28 +237,16 @@ class PredictionEngine:
             return len(self._entries)
 
     # --- background ----------------------------------------------------------------------------------
-    def _loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.refresh()
-            except Exception as exc:  # keep serving the last batch; /health reports degraded
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                logger.exception("forecast refresh failed")
+    def _refresh_failed(self, exc: Exception) -> None:
+        """Keep serving the last batch; /health reports degraded."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
     def start(self, interval: float | None = None) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(interval or refresh_seconds(),),
-                                        name="fleetcast-refresh", daemon=True)
-        self._thread.start()
+        self._refresher.start(interval or refresh_seconds())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._refresher.stop()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._refresher.running
