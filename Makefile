@@ -44,7 +44,7 @@ bench-serve: install
 	$(BIN)/python tests/benchmarks/bench_serve.py
 
 bench-dashboard: install
-	$(BIN)/python tests/benchmarks/bench_dashboard.py
+	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
     make bench-dashboard                       # stand-in service with 1,000 synthetic servers
     .venv/bin/python tests/benchmarks/bench_dashboard.py --servers 1000 --switches 40
     .venv/bin/python tests/benchmarks/bench_dashboard.py --url http://localhost:8000   # a running service
+    .venv/bin/python tests/benchmarks/bench_dashboard.py --live   # starts and feeds a real bentoml serve
 
 By default the data comes from ``dashboard.standin`` (canned answers of exactly the agreed API shape over
 real HTTP: 1,000 servers × 288 steps of history and 96 steps × 3 quantiles × 4 metrics of forecast). The
@@ -23,11 +24,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from dashboard.client import FleetcastClient, request_count
 from dashboard.session import HEATMAP_KEY, HEATMAP_MS_KEY, RUN_MS_KEY
 from dashboard.standin import StandinService
+from models import simulator
 from models.schema import METRICS
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -89,7 +92,21 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=1000, help="servers in the stand-in service")
     parser.add_argument("--switches", type=int, default=40, help="timed metric switches")
     parser.add_argument("--url", help="benchmark against this running service instead of the stand-in")
+    parser.add_argument("--live", action="store_true",
+                        help="start a real `bentoml serve` (the MLflow champion, else an untrained default-size TFT), "
+                             "feed it --servers servers x 24 h over HTTP and benchmark against it")
     args = parser.parse_args()
+    if args.live:
+        import bench_serve  # beside this script: one way to start, feed and stop a real service
+
+        forecaster, described = bench_serve.load_model()
+        end = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("5min")
+        base = simulator.LiveFleet(servers=simulator.default_servers(100), seed=11, start=end).history()
+        with bench_serve.serving(forecaster) as client:
+            bench_serve.feed_and_wait(client, bench_serve.fleet_history(args.servers, end, base))
+            print(f"data: a real `bentoml serve` with {args.servers} servers fed over HTTP; model: {described}")
+            bench(str(client.base_url).rstrip("/"), args.switches)
+        return
     if args.url:
         print(f"data: the service at {args.url}")
         bench(args.url.rstrip("/"), args.switches)

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -111,7 +112,9 @@ def items_of(frame: pd.DataFrame) -> list[dict]:
     return out.to_dict(orient="records")
 
 
-def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int) -> dict[str, float]:
+@contextlib.contextmanager
+def serving(forecaster: tft.Forecaster) -> Iterator[httpx.Client]:
+    """A real ``bentoml serve`` subprocess on loopback running ``forecaster``, with state in a temp dir."""
     with tempfile.TemporaryDirectory(prefix="fleetcast-bench-") as tmp:
         tmp_path = Path(tmp)
         checkpoint = tmp_path / "model.pt"
@@ -120,13 +123,12 @@ def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int)
                    FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
                    FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5")
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
         log = (tmp_path / "serve.log").open("wb")
         proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
-            with httpx.Client(base_url=url, timeout=120) as client:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
                 deadline = time.monotonic() + 180
                 while True:
                     try:
@@ -137,33 +139,7 @@ def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int)
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise SystemExit("bentoml serve did not start; see its log")
                     time.sleep(0.5)
-                records = items_of(history.sort_values([schema.TIMESTAMP, schema.SERVER]))
-                batches = [records[i:i + 1000] for i in range(0, len(records), 1000)]
-                t0 = time.perf_counter()
-                for batch in batches:
-                    r = client.post("/feed/data", json={"records": batch})
-                    r.raise_for_status()
-                ingest_s = time.perf_counter() - t0
-                posted = pd.Timestamp.now(tz="UTC").tz_localize(None).strftime("%Y-%m-%dT%H:%M:%S")
-                n_servers = history[schema.SERVER].nunique()
-                t0 = time.perf_counter()
-                while True:  # a batch computed after the last POST, covering every server
-                    body = client.get("/health").json()
-                    if body["servers_tracked"] >= n_servers and (body["last_prediction"] or "") > posted:
-                        break
-                    time.sleep(0.2)
-                batch_s = time.perf_counter() - t0
-                latencies = []
-                size = 0
-                for _ in range(requests):
-                    t = time.perf_counter()
-                    r = client.get("/predictions")
-                    latencies.append(time.perf_counter() - t)
-                    size = len(r.content)
-                assert len(r.json()["predictions"]) == n_servers
-                t = time.perf_counter()
-                full = client.get("/predictions", params={"include_history": "true"})
-                full_s = time.perf_counter() - t
+                yield client
         finally:
             family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
             proc.terminate()
@@ -173,9 +149,49 @@ def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int)
                 if p.is_running():
                     p.kill()
             log.close()
+
+
+def feed_and_wait(client: httpx.Client, history: pd.DataFrame) -> tuple[int, int, float, float]:
+    """POST ``history`` in 1,000-record batches, then wait for a batch of forecasts covering every server.
+
+    Returns (records, batches, ingest seconds, seconds from the last POST to that forecast batch).
+    """
+    records = items_of(history.sort_values([schema.TIMESTAMP, schema.SERVER]))
+    batches = [records[i:i + 1000] for i in range(0, len(records), 1000)]
+    t0 = time.perf_counter()
+    for batch in batches:
+        r = client.post("/feed/data", json={"records": batch})
+        r.raise_for_status()
+    ingest_s = time.perf_counter() - t0
+    posted = pd.Timestamp.now(tz="UTC").tz_localize(None).strftime("%Y-%m-%dT%H:%M:%S")
+    n_servers = history[schema.SERVER].nunique()
+    t0 = time.perf_counter()
+    while True:  # a batch computed after the last POST, covering every server
+        body = client.get("/health").json()
+        if body["servers_tracked"] >= n_servers and (body["last_prediction"] or "") > posted:
+            break
+        time.sleep(0.2)
+    return len(records), len(batches), ingest_s, time.perf_counter() - t0
+
+
+def bench_http(forecaster: tft.Forecaster, history: pd.DataFrame, requests: int) -> dict[str, float]:
+    with serving(forecaster) as client:
+        n_records, n_batches, ingest_s, batch_s = feed_and_wait(client, history)
+        n_servers = history[schema.SERVER].nunique()
+        latencies = []
+        size = 0
+        for _ in range(requests):
+            t = time.perf_counter()
+            r = client.get("/predictions")
+            latencies.append(time.perf_counter() - t)
+            size = len(r.content)
+        assert len(r.json()["predictions"]) == n_servers
+        t = time.perf_counter()
+        full = client.get("/predictions", params={"include_history": "true"})
+        full_s = time.perf_counter() - t
     lat = np.array(latencies) * 1000
-    return {"records": len(records), "batches": len(batches), "ingest_s": ingest_s,
-            "ingest_rate": len(records) / ingest_s, "first_batch_wait_s": batch_s,
+    return {"records": n_records, "batches": n_batches, "ingest_s": ingest_s,
+            "ingest_rate": n_records / ingest_s, "first_batch_wait_s": batch_s,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "mean_ms": statistics.fmean(lat), "bytes": size, "full_bytes": len(full.content),
             "full_first_s": full_s}
