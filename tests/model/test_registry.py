@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,14 +45,20 @@ def _corrupted(forecaster: tft.Forecaster, noise: float, seed: int) -> tft.Forec
     return tft.Forecaster(model, forecaster.training_servers, {"corrupted": noise})
 
 
-@pytest.fixture(scope="module")
-def registry_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("registry")
+@contextlib.contextmanager
+def _registry_at(root: Path) -> Iterator[str]:
+    """An MLflow tracking store and artifact root of their own under ``root``; yields the tracking URI."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLEETCAST_DATA_DIR", str(root))
         uri = f"sqlite:///{root / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("FLEETCAST_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def registry_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _registry_at(tmp_path_factory.mktemp("registry")) as uri:
         yield uri
 
 
@@ -64,11 +71,7 @@ def champion_registry(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint:
     that test, because a few-second model is not meant to beat the baselines.
     """
     root = tmp_path_factory.mktemp("champion_registry")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLEETCAST_DATA_DIR", str(root))
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("FLEETCAST_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+    with _registry_at(root) as uri:
         trained = tft.Forecaster.from_checkpoint(tiny_checkpoint)
         version, metrics = _register(trained, tiny_experiment, root, "champion", uri)
         decision = registry.promote(version, {**metrics, "best_baseline_score": float("inf")},
