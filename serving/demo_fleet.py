@@ -55,12 +55,24 @@ class DemoFleet:
     def __init__(self, store: Any, servers: list[tuple[str, str]] | None = None, seed: int = 0,
                  step_seconds_: float | None = None, on_ingest: Callable[[int], None] | None = None) -> None:
         self.store = store
-        self.fleet = simulator.LiveFleet(servers=servers or simulator.default_servers(n_servers()), seed=seed)
+        servers = servers or simulator.default_servers(n_servers())
+        self.fleet = simulator.LiveFleet(servers=servers, seed=seed, start=self._resume_at(store, servers))
         self.step_seconds = step_seconds() if step_seconds_ is None else step_seconds_
         self.on_ingest = on_ingest
         self.steps_emitted = 0
         self._lock = threading.Lock()
         self._clock = Periodic(self.step, name="fleetcast-demo-fleet")
+
+    @staticmethod
+    def _resume_at(store: Any, servers: list[tuple[str, str]]) -> pd.Timestamp:
+        """Now, or later where an earlier run's accelerated clock already wrote past now.
+
+        Starting behind the stored records would leave those (simulated future) records as the newest
+        history of every demo server, and forecasts would start from them instead of the new fleet.
+        """
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None).floor(schema.STEP_FREQ)
+        last = store.last_timestamp([name for name, _ in servers])
+        return max(now, pd.Timestamp(last)) if last is not None else now
 
     def _ingest(self, frame: pd.DataFrame) -> int:
         result = ingest_items(self.store, frame_to_items(frame), now=self.fleet.now.to_pydatetime())

@@ -117,6 +117,14 @@ class FeedStore:
             rows = conn.execute(sa.select(records_table.c[schema.SERVER]).distinct())
             return sorted(r[0] for r in rows)
 
+    def last_timestamp(self, servers: list[str] | None = None) -> datetime | None:
+        """The latest record timestamp (UTC, naive), over ``servers`` or all of them; None when empty."""
+        query = sa.select(sa.func.max(records_table.c[schema.TIMESTAMP]))
+        if servers is not None:
+            query = query.where(records_table.c[schema.SERVER].in_(servers))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
     def last_received(self) -> datetime | None:
         """Wall time (UTC) of the latest acknowledged write."""
         with self.engine.connect() as conn:

@@ -129,3 +129,26 @@ def test_history_of_more_servers_than_one_sql_in_list_holds(store: FeedStore) ->
     out = store.history(names[:1100])
     assert sorted(out["server_name"].unique()) == names[:1100]
     assert len(out) == 2200
+
+
+def test_last_timestamp_over_chosen_servers(store: FeedStore) -> None:
+    assert store.last_timestamp() is None
+    store.upsert([row("a", T0), row("b", T0 + timedelta(hours=2))])
+    assert store.last_timestamp() == T0 + timedelta(hours=2)
+    assert store.last_timestamp(["a"]) == T0
+    assert store.last_timestamp(["nobody"]) is None
+
+
+def test_demo_fleet_resumes_after_records_an_earlier_run_left_in_the_future(store: FeedStore) -> None:
+    from serving.demo_fleet import DemoFleet
+
+    ahead = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("5min") + pd.Timedelta(hours=6)
+    store.upsert([row("web-01", ahead.to_pydatetime())])
+    fleet = DemoFleet(store, servers=[("web-01", "web_api"), ("db-01", "database")], step_seconds_=3600)
+    fleet.seed_history()
+    fleet.step()
+    history = store.export_frame()
+    web = history[history["server_name"] == "web-01"]
+    assert web["timestamp"].max() == ahead + pd.Timedelta(minutes=5)  # the new run continues after it
+    # the stale record was overwritten by the new fleet's own history, which ends where it stood
+    assert web.loc[web["timestamp"] == ahead, "cpu_percent"].item() != 10.0
