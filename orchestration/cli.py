@@ -10,6 +10,7 @@ All state goes to the embedded defaults of models/config.py (./data), each overr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -114,15 +115,18 @@ def start_services(env: dict[str, str]) -> list[subprocess.Popen]:
     return procs
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
+def stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
+    """SIGTERM each process's group (each was started in a session of its own), SIGKILL what outlives ``timeout``."""
     for proc in procs:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def demo(retrain: bool) -> None:

@@ -11,10 +11,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ import streamlit as st
 from dashboard.client import REQUEST_COUNTER
 from dashboard.standin import StandinService, free_port
 from models import simulator
+from orchestration.cli import stop as stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboard" / "app.py"
@@ -139,11 +138,4 @@ def live_service(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
             servers = _wait_until(all_forecast, SERVICE_START_TIMEOUT_S, "non-empty /predictions", proc, log_path)
         yield LiveService(url=url, servers=servers, log_path=log_path)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_groups([proc], timeout=20)
