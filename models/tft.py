@@ -5,8 +5,9 @@
 - :func:`train_tft` runs Lightning on it and records per-epoch train/val loss.
 - :class:`Forecaster` serves a trained model: the input tensors of all servers built at once from
   the aligned history by :mod:`models.inference` (no ``TimeSeriesDataSet`` per call), CPU-sized
-  batches straight into ``model(x)`` under ``torch.inference_mode`` on one local thread (no Trainer,
-  no per-call ``predict()``). BentoML, the evaluation and the MLflow pyfunc all go through it.
+  batches through :class:`models.fused.FusedTFT` (the library's forward without its interpretation
+  outputs, same predictions) under ``torch.inference_mode`` (no Trainer, no per-call ``predict()``).
+  BentoML and the MLflow pyfunc go through it; the evaluation uses the library's ``model(x)``.
 
 A checkpoint is a ``torch.save`` dict (:data:`CHECKPOINT_FORMAT`): the model's hyper-parameters
 (which include ``dataset_parameters``: the fitted encoders and scalers), its ``state_dict``, the
@@ -33,23 +34,25 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-from models import features, inference, schema
+from models import features, fused, inference, schema
 
 log = logging.getLogger(__name__)
 
 QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
 CHECKPOINT_FORMAT = "fleetcast-tft/1"
-# series per forward pass on CPU: the variable-selection stacks and attention over 384 positions spill
-# the caches at large batches (hidden 32, 1,000 servers, 1 thread, CPU seconds: 16-48 -> 1.9, 64 -> 2.0-2.6,
-# 128 -> 2.8, 256 -> 3.6; docs/performance.md "Serving")
+# series per forward pass on CPU: larger batches spill the caches (fused forward, hidden 32, 1,000 servers,
+# wall seconds on one worker / two workers: 16 -> 1.41-1.62 / 0.67, 32 -> 1.42-1.59 / 0.62-0.68,
+# 64 -> 1.71 / 0.72-0.89, 128 -> 1.83-2.07 / 1.03-1.06; docs/performance.md "Serving")
 INFERENCE_CHUNK = 32
 # torch intra-op threads while forecasting (restored afterwards; None: torch's default). One thread: on a
 # small shared CPU two OpenMP threads spin-wait whenever the other core is busy.
 INFERENCE_THREADS: int | None = 1
 # batches forwarded concurrently, each on its own Python thread with one intra-op thread (torch releases
 # the GIL inside ops): the cores are used without OpenMP barriers, so a busy core slows, never stalls, it
-# (1,000 servers, 2 cores: 1.81 s on one worker, 1.03 s on two, identical results)
+# (1,000 servers, 2 cores, fused forward: 1.42-1.59 s on one worker, 0.62-0.68 s on two, identical results)
 INFERENCE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# a batch of network inputs -> the model's "prediction" (one tensor per target, in metric units)
+Network = Callable[[dict[str, Any]], Any]
 _BOUNDS: dict[str, tuple[float, float]] = {
     f.name: (f.ge if f.ge is not None else -np.inf, f.le if f.le is not None else np.inf)
     for f in schema.FIELDS if f.name in schema.METRICS
@@ -291,13 +294,14 @@ def predict_dataset(
 
 def predict_encoded(
     model: TemporalFusionTransformer, fleet: inference.EncodedFleet, batch_size: int = INFERENCE_CHUNK,
-    workers: int = 1,
+    workers: int = 1, network: Network | None = None,
 ) -> np.ndarray:
     """:func:`predict_dataset` for tensors from :class:`models.inference.TensorBuilder`.
 
     Returns the same array, one row per server of ``fleet`` in its order. Batches group servers of
     similar history length, so little of each batch is padding; ``workers`` threads forward them
-    concurrently (the model is only read).
+    concurrently (the model is only read). ``network`` maps a batch to the model's ``prediction``
+    (default: the library's ``model(x)``; :class:`Forecaster` passes :class:`models.fused.FusedTFT`).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -306,7 +310,7 @@ def predict_encoded(
     def run(start: int) -> np.ndarray:
         with torch.inference_mode():  # thread-local: entered in each worker
             x = fleet.batch(order[start:start + batch_size])
-            return _quantiles(model, {k: _to(v, device) for k, v in x.items()})
+            return _quantiles(model, {k: _to(v, device) for k, v in x.items()}, network)
 
     starts = range(0, len(order), batch_size)
     if workers > 1 and len(starts) > 1:
@@ -320,9 +324,10 @@ def predict_encoded(
     return _finish([values])
 
 
-def _quantiles(model: TemporalFusionTransformer, x: dict[str, Any]) -> np.ndarray:
+def _quantiles(model: TemporalFusionTransformer, x: dict[str, Any], network: Network | None = None) -> np.ndarray:
     """[batch, horizon, n_targets, n_quantiles] in metric units for one collated batch."""
-    q = model.to_quantiles(model(x))  # list per target: [batch, horizon, n_quantiles]
+    prediction = network(x) if network is not None else model(x)["prediction"]
+    q = model.to_quantiles({"prediction": prediction})  # list per target: [batch, horizon, n_quantiles]
     if isinstance(q, torch.Tensor):
         q = [q]
     return torch.stack([t.float().cpu() for t in q], dim=2).numpy()
@@ -404,6 +409,15 @@ class Forecaster:
 
     # inference
     @cached_property
+    def _network(self) -> Network:
+        """The fused inference-only forward (:mod:`models.fused`), or the library's when the model needs it."""
+        try:
+            return fused.FusedTFT(self.model)
+        except fused.Unsupported as exc:
+            log.warning("forecasting with the library's forward pass (slower): %s", exc)
+            return lambda x: self.model(x)["prediction"]
+
+    @cached_property
     def _tensor_builder(self) -> inference.TensorBuilder | None:
         """The fast tensor builder for this model's dataset parameters; None if they need the dataset path."""
         try:
@@ -453,7 +467,7 @@ class Forecaster:
             except inference.UnsupportedDataset as exc:
                 log.warning("forecasting through TimeSeriesDataSet (slower): %s", exc)
             else:
-                values = predict_encoded(self.model, fleet, INFERENCE_CHUNK, INFERENCE_WORKERS)
+                values = predict_encoded(self.model, fleet, INFERENCE_CHUNK, INFERENCE_WORKERS, self._network)
                 return values, [str(s) for s in fleet.servers], aligned.info
         frame, info = features.inference_frame(
             history, self.max_encoder_length, self.min_encoder_length, self.horizon
