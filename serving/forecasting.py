@@ -166,6 +166,14 @@ class PredictionEngine:
             logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
             return len(entries)
 
+    def use_model(self, forecaster: Any, model_info: dict[str, Any]) -> int:
+        """Serve with another model from now on: every stored server is forecast again with it at once
+        (answers and alerts then come from the new model only). Returns how many were forecast."""
+        with self._refresh_lock:
+            self.forecaster = forecaster
+            self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
+        return self.refresh(force=True)
+
     def _publish(self, entries: dict[str, dict[str, Any]], dropped: list[str], now: pd.Timestamp) -> None:
         fragments = {}
         full = {}

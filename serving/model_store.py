@@ -9,6 +9,9 @@ Where the service finds its model, first hit wins:
 2. ``FLEETCAST_MODEL_TAG`` (default ``fleetcast-tft:latest``) in the model store under
    ``models.config.bentoml_home()`` (``BENTOML_HOME``, default ``<data dir>/bentoml``);
 3. the same tag in BentoML's own model store (inside a built Bento: the Bento's models).
+
+A service that loaded its model from a store keeps watching the tag (:func:`current_tag`, see
+``serving/runtime.py``): when packaging imports a new champion, the service switches to it.
 """
 
 from __future__ import annotations
@@ -89,17 +92,34 @@ def _get(tag: str) -> bentoml.Model:
         return bentoml.models.get(tag)  # BentoML's own store (inside a Bento: the Bento's models)
 
 
+def pinned_path() -> str | None:
+    """``FLEETCAST_MODEL_PATH`` when set: a checkpoint file the service loads instead of the store's tag."""
+    return os.environ.get("FLEETCAST_MODEL_PATH") or None
+
+
+def model_tag() -> str:
+    """The tag the service serves: ``FLEETCAST_MODEL_TAG``, default ``fleetcast-tft:latest``."""
+    return os.environ.get("FLEETCAST_MODEL_TAG") or DEFAULT_TAG
+
+
+def current_tag(tag: str | None = None) -> str | None:
+    """The concrete ``name:version`` that ``tag`` (default :func:`model_tag`) resolves to now; None if absent."""
+    try:
+        return str(_get(tag or model_tag()).tag)
+    except NotFound:
+        return None
+
+
 def load_forecaster(tag: str | None = None, path: str | Path | None = None) -> tuple[Forecaster, dict[str, Any]]:
     """The service's model and what it is: ``(forecaster, {"name", "version", "run_id", "source", ...})``."""
-    path = path or os.environ.get("FLEETCAST_MODEL_PATH") or None
+    path = path or pinned_path()
     if path:
         forecaster = Forecaster.from_checkpoint(path)
         meta = forecaster.metadata
         return forecaster, {"name": BENTO_MODEL_NAME, "version": _label(meta.get("version")) or "checkpoint",
                             "run_id": _label(meta.get("run_id")) or None, "source": f"file:{Path(path).name}",
                             "tag": None}
-    tag = tag or os.environ.get("FLEETCAST_MODEL_TAG") or DEFAULT_TAG
-    model = _get(tag)
+    model = _get(tag or model_tag())
     forecaster = Forecaster.from_checkpoint(model.path_of(CHECKPOINT_FILE))
     labels = model.info.labels
     return forecaster, {

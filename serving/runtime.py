@@ -8,6 +8,8 @@ onto its methods in a few lines each.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models import simulator
 from serving import demo_fleet as demo
 from serving import ingest, model_store, security
+from serving.background import Periodic
 from serving.forecasting import PredictionEngine, iso
 from serving.store import FeedStore
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_POLL_SECONDS = 30.0
+
+
+def model_poll_seconds() -> float:
+    """How often the service looks for a newly packaged model (``FLEETCAST_MODEL_POLL_SECONDS``; 0: never)."""
+    return float(os.environ.get("FLEETCAST_MODEL_POLL_SECONDS", DEFAULT_MODEL_POLL_SECONDS))
 
 
 @dataclass
@@ -65,6 +75,10 @@ class ServiceRuntime:
                 logger.exception("no model loaded")
         use_demo = demo.enabled() if demo_fleet is None else demo_fleet
         self.demo: demo.DemoFleet | None = demo.DemoFleet(self.store) if use_demo else None
+        # a model from the store follows its tag (a new champion is served without a restart); a file does not
+        self._swap_lock = threading.Lock()
+        self._watcher = Periodic(self.reload_model, name="fleetcast-model-watch") if (
+            load_model and model_store.pinned_path() is None) else None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -72,13 +86,37 @@ class ServiceRuntime:
             self.demo.start()
         if self.engine is not None:
             self.engine.start()
+        poll = model_poll_seconds()
+        if self._watcher is not None and poll > 0:
+            self._watcher.start(poll)
 
     def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         if self.demo is not None:
             self.demo.stop()
         if self.engine is not None:
             self.engine.stop()
         self.store.dispose()
+
+    def reload_model(self) -> bool:
+        """Switch to the model the store's tag points at now, when that is not the one serving (a champion
+        packaged since the start, or the first model after a start without one). True when it switched."""
+        with self._swap_lock:
+            tag = model_store.current_tag()
+            if tag is None or tag == self.model_info.get("tag"):
+                return False
+            forecaster, info = model_store.load_forecaster(tag)
+            previous = self.model_info.get("version")
+            if self.engine is None:
+                engine = PredictionEngine(forecaster, self.store, info)
+                engine.start()
+                self.engine = engine
+            else:
+                self.engine.use_model(forecaster, info)
+            self.model_info, self.model_error = info, None
+            logger.info("now serving %s (registry version %s, was %s)", tag, info.get("version"), previous)
+            return True
 
     # --- write guard ---------------------------------------------------------------------------------
     def guard(self, authorization: str | None, client: str) -> Answer | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,43 @@ def test_service_loads_the_champion_from_the_bentoml_model_store(make_client: An
     assert health["model"] == {"name": "fleetcast-tft", "version": "7", "run_id": "run-abc",
                                "source": f"bentoml:{model.tag}"}
     assert health["model_loaded"] is True
+
+
+def test_service_switches_to_a_newly_packaged_champion_without_a_restart(
+        make_client: Any, h: Any, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import model_store
+
+    monkeypatch.delenv("FLEETCAST_MODEL_PATH")
+    monkeypatch.setenv("FLEETCAST_MODEL_POLL_SECONDS", "0.2")
+    client = make_client()
+    health = client.get("/health").json()  # started before any model was packaged: feed only
+    assert health["model_loaded"] is False and health["status"] == "degraded"
+    assert client.post("/feed/data", json=h.fleet_items(n_servers=3)).status_code == 200
+    assert client.get("/predictions").status_code == 503
+
+    first = model_store.import_checkpoint(tiny_checkpoint, {"name": "fleetcast-tft", "version": "7", "run_id": "r7"})
+    h.wait_for(lambda: client.get("/health").json()["model"]["version"] == "7", timeout=30)
+    doc = h.wait_for(lambda: (d := client.get("/predictions").json())["predictions"] and d)
+    assert doc["model"]["version"] == "7" and len(doc["predictions"]) == 3
+
+    second = model_store.import_checkpoint(tiny_checkpoint, {"name": "fleetcast-tft", "version": "8", "run_id": "r8"})
+    assert second.tag != first.tag and model_store.current_tag() == str(second.tag)
+    h.wait_for(lambda: client.get("/health").json()["model"]["version"] == "8", timeout=30)
+    health = client.get("/health").json()
+    assert health["model"] == {"name": "fleetcast-tft", "version": "8", "run_id": "r8",
+                               "source": f"bentoml:{second.tag}"}
+    assert health["status"] == "healthy" and health["servers_tracked"] == 3
+    doc = client.get("/predictions").json()  # every server forecast again by the new model, no new data needed
+    assert doc["model"] == {"name": "fleetcast-tft", "version": "8", "run_id": "r8"}
+    assert len(doc["predictions"]) == 3
+
+
+def test_a_model_file_pins_the_service(make_client: Any, tiny_checkpoint: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import model_store
+
+    monkeypatch.setenv("FLEETCAST_MODEL_POLL_SECONDS", "0.1")
+    client = make_client()  # FLEETCAST_MODEL_PATH is set by the fixture
+    model_store.import_checkpoint(tiny_checkpoint, {"name": "fleetcast-tft", "version": "9", "run_id": "r9"})
+    time.sleep(1.0)  # ten polls' worth: a watcher, if there were one, would have switched
+    assert client.get("/health").json()["model"]["source"] == f"file:{tiny_checkpoint.name}"
