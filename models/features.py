@@ -198,6 +198,16 @@ def dataset_from_parameters(
     )
 
 
+def inference_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` for forecasting any window: without the training data's ``min_prediction_idx``.
+
+    A fitted dataset remembers the first time index it could predict, and ``from_parameters`` keeps
+    it, so a server whose history predates the training data (a replay, a backfill, a trace from
+    2014) would get no forecast at all. Forecasting has no such limit: the time index only orders steps.
+    """
+    return {**parameters, "min_prediction_idx": None}
+
+
 def inference_frame(history: pd.DataFrame, max_encoder_length: int = schema.ENCODER_STEPS,
                     min_encoder_length: int = schema.MIN_ENCODER_STEPS,
                     horizon: int = schema.HORIZON_STEPS) -> tuple[pd.DataFrame, pd.DataFrame]:

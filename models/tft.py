@@ -364,6 +364,11 @@ class Forecaster:
     def dataset_parameters(self) -> dict[str, Any]:
         return self.model.dataset_parameters
 
+    @cached_property
+    def inference_parameters(self) -> dict[str, Any]:
+        """:attr:`dataset_parameters` for forecasting (:func:`models.features.inference_parameters`)."""
+        return features.inference_parameters(self.dataset_parameters)
+
     @property
     def training_servers(self) -> frozenset[str]:
         return self._training_servers
@@ -421,7 +426,7 @@ class Forecaster:
     def _tensor_builder(self) -> inference.TensorBuilder | None:
         """The fast tensor builder for this model's dataset parameters; None if they need the dataset path."""
         try:
-            return inference.TensorBuilder(self.dataset_parameters, self.model.hparams.get("x_reals"),
+            return inference.TensorBuilder(self.inference_parameters, self.model.hparams.get("x_reals"),
                                            self.model.hparams.get("x_categoricals"))
         except inference.UnsupportedDataset as exc:
             log.warning("forecasting through TimeSeriesDataSet (slower): %s", exc)
@@ -474,7 +479,7 @@ class Forecaster:
         )
         if info.empty:
             return np.zeros((0, self.horizon, len(features.TARGETS), len(QUANTILES))), [], info
-        dataset = features.dataset_from_parameters(self.dataset_parameters, frame, predict=True)
+        dataset = features.dataset_from_parameters(self.inference_parameters, frame, predict=True)
         values, index = predict_dataset(self.model, dataset)
         return values, index[schema.SERVER].tolist(), info
 

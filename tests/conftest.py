@@ -7,15 +7,24 @@
   ``Forecaster.from_checkpoint``. The held-out servers are not in its ``training_servers``.
 - ``isolated_env`` (function): every state location (data dir, MLflow, BentoML, Dagster, feed
   store) points into ``tmp_path``; returns ``tmp_path``.
+- ``nab_traces`` (session): the real AWS CloudWatch CPU traces (NAB, 5-minute, MIT) in
+  ``../shared/data/nab`` beside the checkout (``FLEETCAST_NAB_DIR`` points elsewhere), and
+  ``nab_records``: a function turning one trace into fleet records (data nobody here wrote).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from models import evaluation, simulator, tft
+from models import config, evaluation, schema, simulator, tft
+
+NAB_DIR = Path(os.environ.get("FLEETCAST_NAB_DIR", config.PROJECT_ROOT.parent / "shared" / "data" / "nab"))
 
 TINY_SERVERS = 8
 TINY_DAYS = 6
@@ -50,3 +59,39 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("FLEETCAST_STORE_URL", f"sqlite:///{tmp_path / 'feed.db'}")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def nab_traces() -> list[Path]:
+    traces = sorted(NAB_DIR.glob("ec2_cpu_utilization_*.csv"))
+    assert len(traces) >= 5, f"NAB traces missing in {NAB_DIR}"
+    return traces
+
+
+def nab_to_records(csv: Path, profile: str, cores: int = 4) -> pd.DataFrame:
+    """A NAB trace as fleet records: CPU from the trace (its own timestamps, gaps and all); memory,
+    disk and load filled plausibly; server ``aws-<trace id>``."""
+    raw = pd.read_csv(csv, parse_dates=["timestamp"])
+    cpu = raw["value"].to_numpy(dtype=float)
+    n = len(raw)
+    rng = np.random.default_rng(0)
+    memory = np.clip(40.0 + 0.2 * cpu + rng.normal(0.0, 1.0, n), 0.0, 100.0)
+    disk = np.clip(30.0 + np.linspace(0.0, 5.0, n), 0.0, 100.0)
+    return pd.DataFrame(
+        {
+            schema.TIMESTAMP: raw["timestamp"].astype("datetime64[ns]"),
+            schema.SERVER: f"aws-{csv.stem.rsplit('_', 1)[-1]}",
+            "cpu_percent": cpu,
+            "memory_percent": memory,
+            "disk_percent": disk,
+            "load_average": cores * cpu / 100.0,
+            schema.STATUS: simulator.status_from_metrics(cpu, memory, disk),
+            schema.PROFILE: profile,
+        },
+        columns=list(schema.COLUMNS),
+    )
+
+
+@pytest.fixture(scope="session")
+def nab_records() -> Callable[..., pd.DataFrame]:
+    return nab_to_records

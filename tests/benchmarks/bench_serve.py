@@ -89,7 +89,7 @@ def time_library(forecaster: tft.Forecaster, history: pd.DataFrame, batch_size: 
     t0 = time.perf_counter()
     frame, _ = features.inference_frame(history, forecaster.max_encoder_length, forecaster.min_encoder_length,
                                         forecaster.horizon)
-    dataset = features.dataset_from_parameters(forecaster.dataset_parameters, frame, predict=True)
+    dataset = features.dataset_from_parameters(forecaster.inference_parameters, frame, predict=True)
     out = forecaster.model.predict(dataset, mode="quantiles", batch_size=batch_size,
                                    trainer_kwargs={"accelerator": "cpu", "logger": False,
                                                    "enable_progress_bar": False, "enable_model_summary": False})

@@ -7,62 +7,34 @@ the 5-minute grid it passes too.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models import config, schema
+from models import schema
 from models.simulator import status_from_metrics
 from models.validation import validate_fleet
 
-# shared/ sits beside the checkout (as in CI's clone); FLEETCAST_NAB_DIR points elsewhere.
-NAB_DIR = Path(os.environ.get("FLEETCAST_NAB_DIR", config.PROJECT_ROOT.parent / "shared" / "data" / "nab"))
-TRACES = sorted(NAB_DIR.glob("ec2_cpu_utilization_*.csv"))
-
-
-def _records(csv: Path, profile: str, cores: int = 4) -> pd.DataFrame:
-    """A NAB trace as fleet records: CPU from the trace; memory, disk and load filled plausibly."""
-    raw = pd.read_csv(csv, parse_dates=["timestamp"])
-    cpu = raw["value"].to_numpy(dtype=float)
-    n = len(raw)
-    rng = np.random.default_rng(0)
-    memory = np.clip(40.0 + 0.2 * cpu + rng.normal(0.0, 1.0, n), 0.0, 100.0)
-    disk = np.clip(30.0 + np.linspace(0.0, 5.0, n), 0.0, 100.0)
-    return pd.DataFrame(
-        {
-            schema.TIMESTAMP: raw["timestamp"].astype("datetime64[ns]"),
-            schema.SERVER: f"aws-{csv.stem.rsplit('_', 1)[-1]}",
-            "cpu_percent": cpu,
-            "memory_percent": memory,
-            "disk_percent": disk,
-            "load_average": cores * cpu / 100.0,
-            schema.STATUS: status_from_metrics(cpu, memory, disk),
-            schema.PROFILE: profile,
-        },
-        columns=list(schema.COLUMNS),
-    )
-
 
 @pytest.fixture(scope="module")
-def nab_fleet() -> pd.DataFrame:
-    assert len(TRACES) >= 5, f"NAB traces missing in {NAB_DIR}"
+def nab_fleet(nab_traces: list[Path], nab_records: Callable[..., pd.DataFrame]) -> pd.DataFrame:
     # five traces, seven profiles: the first two traces also play a second server
     frames = [
-        _records(csv, profile) for csv, profile in zip(TRACES + TRACES[:2], schema.PROFILES, strict=True)
+        nab_records(csv, profile) for csv, profile in zip(nab_traces + nab_traces[:2], schema.PROFILES, strict=True)
     ]
     for i in (5, 6):
         frames[i][schema.SERVER] = frames[i][schema.SERVER] + "-b"
     return pd.concat(frames, ignore_index=True)
 
 
-def test_validator_flags_exactly_the_real_gaps(nab_fleet: pd.DataFrame) -> None:
+def test_validator_flags_exactly_the_real_gaps(nab_fleet: pd.DataFrame, nab_traces: list[Path]) -> None:
     # where the raw CSVs themselves step by anything but 5 minutes
     expected = set()
     offset = 0
-    for csv in TRACES + TRACES[:2]:
+    for csv in nab_traces + nab_traces[:2]:
         ts = pd.read_csv(csv, parse_dates=["timestamp"])["timestamp"]
         gaps = np.flatnonzero(ts.diff().iloc[1:].to_numpy() != np.timedelta64(5, "m")) + 1
         expected |= {offset + int(g) for g in gaps}

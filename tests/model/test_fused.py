@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def history(tiny_fleet: simulator.FleetData) -> pd.DataFrame:
 
 def batches(model: TemporalFusionTransformer, history: pd.DataFrame, size: int) -> list[dict[str, Any]]:
     """Network inputs in batches of ``size`` mixing history lengths (so the shorter ones are padded)."""
-    params = model.dataset_parameters
+    params = features.inference_parameters(model.dataset_parameters)
     aligned = inference.align_history(history, int(params["max_encoder_length"]), int(params["min_encoder_length"]))
     fleet = inference.TensorBuilder(params, model.hparams["x_reals"], model.hparams["x_categoricals"]).encode(aligned)
     order = np.arange(len(fleet))
@@ -116,3 +117,14 @@ def test_unsupported_structure_falls_back_to_the_library(training_dataset: TimeS
     assert "library's forward pass" in caplog.text
     assert len(out) == history[schema.SERVER].nunique()
     assert all(np.isfinite(f.quantiles[m]).all() for f in out.values() for m in features.TARGETS)
+
+
+def test_real_cloudwatch_traces_same_forecasts(forecaster: tft.Forecaster, nab_traces: list[Path],
+                                               nab_records: Callable[..., pd.DataFrame]) -> None:
+    """Data nobody here wrote: five AWS CPU traces (one off the 5-minute grid, with gaps) from 2014, before
+    any training data: the last two days of three, the last 100 and 40 samples of two."""
+    lengths = (576, 576, 576, 100, 40)
+    history = pd.concat([nab_records(csv, profile).tail(n)
+                         for csv, profile, n in zip(nab_traces, schema.PROFILES, lengths, strict=False)],
+                        ignore_index=True)
+    assert_same_prediction(forecaster.model, batches(forecaster.model, history, 2))

@@ -172,3 +172,18 @@ def test_forecast_matches_the_dataset_path(mixed_history: pd.DataFrame, forecast
     for row, server in enumerate(index[schema.SERVER]):
         for i, metric in enumerate(features.TARGETS):
             np.testing.assert_allclose(fast[server].quantiles[metric], values[row, :, i, :], rtol=1e-4, atol=1e-4)
+
+
+def test_history_older_than_the_training_data_is_forecast_alike(mixed_history: pd.DataFrame,
+                                                               forecaster: tft.Forecaster) -> None:
+    """Only the calendar and the relative position matter: the same windows 260 weeks earlier (before any
+    training data, where the library's saved min_prediction_idx would drop them) forecast the same."""
+    shift = pd.Timedelta(weeks=260)
+    now = forecaster.forecast(mixed_history)
+    earlier = mixed_history.assign(**{schema.TIMESTAMP: mixed_history[schema.TIMESTAMP] - shift})
+    before = forecaster.forecast(earlier)
+    assert sorted(before) == sorted(now) and len(now) == 6
+    for server, fc in now.items():
+        assert before[server].origin == fc.origin - shift
+        for metric in features.TARGETS:
+            np.testing.assert_allclose(before[server].quantiles[metric], fc.quantiles[metric], rtol=1e-5, atol=1e-4)

@@ -330,3 +330,31 @@ def test_a_model_file_pins_the_service(make_client: Any, tiny_checkpoint: Path,
     model_store.import_checkpoint(tiny_checkpoint, {"name": "fleetcast-tft", "version": "9", "run_id": "r9"})
     time.sleep(1.0)  # ten polls' worth: a watcher, if there were one, would have switched
     assert client.get("/health").json()["model"]["source"] == f"file:{tiny_checkpoint.name}"
+
+
+def test_real_cloudwatch_traces_through_the_feed(client: Any, h: Any, nab_traces: list[Path],
+                                                 nab_records: Any) -> None:
+    """Five AWS CPU traces (NAB), posted as NDJSON with their own timestamps: one trace runs 4 minutes off
+    the 5-minute grid and has 15- and 20-minute gaps; every server gets a full-history forecast."""
+    from serving.demo_fleet import frame_to_items
+
+    frames = {csv: nab_records(csv, profile).tail(2 * 288)
+              for csv, profile in zip(nab_traces, schema.PROFILES, strict=False)}
+    items = [item for frame in frames.values() for item in frame_to_items(frame)]
+    r = client.post("/feed/data", content=ndjson(items), headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["records_processed"] == len(items) and body["records_rejected"] == 0
+    names = sorted(frame[schema.SERVER].iloc[0] for frame in frames.values())
+    doc = h.wait_for(lambda: (d := client.get("/predictions").json())
+                     and sorted(p["server_name"] for p in d["predictions"]) == names and d)
+    by_name = {p["server_name"]: p for p in doc["predictions"]}
+    for frame in frames.values():
+        name = frame[schema.SERVER].iloc[0]
+        p = by_name[name]
+        assert_prediction_shape(p, with_history=False)
+        last = frame[schema.TIMESTAMP].iloc[-1].floor("5min")  # off-grid samples land in their bucket
+        assert p["current"]["timestamp"] == last.strftime("%Y-%m-%dT%H:%M:%S"), name
+        assert p["history_steps"] == 288, name  # short gaps are filled, not cutting the history
+        cpu = frame.loc[frame[schema.TIMESTAMP].dt.floor("5min") == last, "cpu_percent"].mean()
+        assert p["current"]["cpu_percent"] == pytest.approx(cpu, abs=0.01)
