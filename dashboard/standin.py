@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -38,13 +37,6 @@ def _rules() -> tuple[dict[str, str], dict[str, float]]:
     types = {m: rules[m].alert_type for m in METRICS}
     limits = {m: 90.0 if m in PERCENT_METRICS else 16.0 for m in METRICS}  # synthetic, not the thresholds
     return types, limits
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _iso(ts: datetime) -> str:

@@ -16,6 +16,7 @@ All data dirs are git-ignored.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +69,10 @@ def api_url() -> str:
 
 def datasets_dir() -> Path:
     return _subdir("datasets")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (tests, benchmarks, the dashboard stand-in)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

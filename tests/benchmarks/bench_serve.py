@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -99,12 +98,6 @@ def time_library(forecaster: tft.Forecaster, history: pd.DataFrame, batch_size: 
     return seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def items_of(frame: pd.DataFrame) -> list[dict]:
     out = frame[list(schema.COLUMNS)].copy()
     out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -123,7 +116,7 @@ def serving(forecaster: tft.Forecaster) -> Iterator[httpx.Client]:
         env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
                    FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
                    FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5")
-        port = free_port()
+        port = config.free_port()
         log = (tmp_path / "serve.log").open("wb")
         proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,

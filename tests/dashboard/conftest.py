@@ -25,8 +25,9 @@ import pytest
 import streamlit as st
 
 from dashboard.client import REQUEST_COUNTER
-from dashboard.standin import StandinService, free_port
+from dashboard.standin import StandinService
 from models import simulator
+from models.config import free_port
 from orchestration.cli import stop as stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard.client import REQUEST_COUNTER, request_count
 from dashboard.data import RISK_LEVELS
 from dashboard.session import FETCHED_AT_KEY, HEATMAP_KEY
-from dashboard.standin import StandinService, free_port
+from dashboard.standin import StandinService
+from models.config import free_port
 from models.schema import METRICS
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

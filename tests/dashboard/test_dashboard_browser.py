@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from dashboard.standin import free_port
+from models.config import free_port
 from orchestration.cli import stop as stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dashboard.client import FleetcastClient, ServiceError, request_count
-from dashboard.standin import StandinService, free_port
+from dashboard.standin import StandinService
+from models.config import free_port
 
 
 def test_one_snapshot_is_exactly_four_gets(standin: StandinService) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,6 @@ from models import config
 from serving.store import FeedStore
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def hard_kill(proc: subprocess.Popen[bytes]) -> None:
@@ -46,7 +39,7 @@ def hard_kill(proc: subprocess.Popen[bytes]) -> None:
 def bentoml_serve(log: Path, timeout: float = 180.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`bentoml serve` from the repository root (service named by pyproject's [tool.bentoml.build]),
     always stopped, with its workers, on exit."""
-    port = free_port()
+    port = config.free_port()
     url = f"http://127.0.0.1:{port}"
     bentoml_cli = Path(sys.executable).with_name("bentoml")
     with log.open("ab") as out:
