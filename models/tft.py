@@ -414,13 +414,13 @@ class Forecaster:
 
     # inference
     @cached_property
-    def _network(self) -> Network:
-        """The fused inference-only forward (:mod:`models.fused`), or the library's when the model needs it."""
+    def _network(self) -> Network | None:
+        """The fused inference-only forward (:mod:`models.fused`); None: the library's, which the model needs."""
         try:
             return fused.FusedTFT(self.model)
         except fused.Unsupported as exc:
             log.warning("forecasting with the library's forward pass (slower): %s", exc)
-            return lambda x: self.model(x)["prediction"]
+            return None
 
     @cached_property
     def _tensor_builder(self) -> inference.TensorBuilder | None:
