@@ -22,8 +22,8 @@ de-normalisation) is the library's own module, called as the library calls it. T
 ``model(x)["prediction"]`` to float32 rounding: ``tests/model/test_fused.py`` checks it on the trained
 test model, on randomised networks of three sizes and on real CloudWatch traces, with padded batches.
 A batch of 32 servers takes about half the library's time (docs/performance.md, "Serving").
-:func:`unsupported_reason` says when a model has a structure this module does not implement;
-callers then use the library's forward.
+Building :class:`FusedTFT` raises :class:`Unsupported`, saying what is missing, for a model whose
+structure this module does not implement; callers then use the library's forward.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 from torch import nn
 
-__all__ = ["FusedAttention", "FusedTFT", "FusedVariableSelection", "Unsupported", "unsupported_reason"]
+__all__ = ["FusedAttention", "FusedTFT", "FusedVariableSelection", "Unsupported"]
 
 
 class Unsupported(ValueError):
@@ -235,15 +235,6 @@ class FusedAttention(nn.Module):
 
 
 # --- the whole network -------------------------------------------------------------------------------
-def unsupported_reason(model: TemporalFusionTransformer) -> str | None:
-    """None when :class:`FusedTFT` can run ``model``, else what it lacks."""
-    try:
-        FusedTFT(model)
-    except Unsupported as exc:
-        return str(exc)
-    return None
-
-
 class FusedTFT(nn.Module):
     """``model(x)["prediction"]`` without the interpretation outputs, for a trained model on CPU.
 

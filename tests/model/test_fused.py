@@ -74,8 +74,7 @@ def randomised(model: TemporalFusionTransformer, seed: int) -> TemporalFusionTra
 
 
 def test_trained_checkpoint_same_forecasts(forecaster: tft.Forecaster, history: pd.DataFrame) -> None:
-    model = forecaster.model
-    assert fused.unsupported_reason(model) is None
+    model = forecaster.model  # assert_same_prediction builds FusedTFT: Unsupported would fail here
     assert_same_prediction(model, batches(model, history, 4))
     assert_same_prediction(model, batches(model, history, 64))  # one batch with every length
 
@@ -108,8 +107,8 @@ def test_unsupported_structure_falls_back_to_the_library(training_dataset: TimeS
     # inputs embedded at the hidden size: the per-variable GRNs have no resampled residual to fold
     settings = tft.ModelSettings(hidden_size=8, hidden_continuous_size=8, attention_head_size=1, lstm_layers=1)
     model = randomised(tft.build_model(training_dataset, settings), seed=3)
-    reason = fused.unsupported_reason(model)
-    assert reason is not None and "resampled residual" in reason
+    with pytest.raises(fused.Unsupported, match="resampled residual"):
+        fused.FusedTFT(model)
     forecaster = tft.Forecaster(model, [])
     with caplog.at_level(logging.WARNING, logger="models.tft"):
         out = forecaster.forecast(history)
