@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,16 +19,33 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's chromium for the dashboard's real-browser smoke test (never a browser download).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian chromium"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian's packages the tests drive as real peers (never a browser or binary download):
+#   chromium                  the dashboard's real-browser smoke test
+#   prometheus, -alertmanager Alertmanager delivery and Prometheus scrape/remote-write tests
+#   prometheus-node-exporter  the real agent behind Prometheus remote write
+#   collectd-core, libyajl2   collectd with write_http (its JSON output needs libyajl)
+# Installed only when a command is missing; needs root or sudo.
+DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2
+DEBIAN_COMMANDS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-alertmanager \
+                   /usr/bin/prometheus-node-exporter /usr/sbin/collectd
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+debian-packages:
+	@missing=0; for c in $(DEBIAN_COMMANDS); do [ -x "$$c" ] || missing=1; done; \
+	ldconfig -p 2>/dev/null | grep -q libyajl.so.2 || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+# kept for the docs and muscle memory: the browser alone is part of debian-packages
+chromium: debian-packages
 
 lint: install
 	$(BIN)/ruff check .
 
-test: install chromium lint
+test: install debian-packages lint
 	$(BIN)/pytest
 
 demo: install
