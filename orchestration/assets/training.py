@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from models import config, evaluation, registry, tft
+from models import config, evaluation, tft
 from orchestration.mlflow_resource import MlflowResource
 
 GROUP = "training"
@@ -69,8 +69,8 @@ def tft_model(
     exp = evaluation.prepare_experiment(fleet_dataset)
     params = {"preset": config.preset, **tft.settings_params(preset), **exp.split.as_params(),
               "n_records": len(fleet_dataset), "n_train_rows": len(exp.train_frame)}
-    run_id = registry.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
-                                tracking_uri=mlflow.uri(), run_name=f"tft-{config.preset}")
+    run_id = mlflow.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
+                              run_name=f"tft-{config.preset}")
     context.log.info(f"MLflow run {run_id}; preset {config.preset}: {tft.settings_params(preset)}")
 
     def on_epoch(r: tft.EpochRecord) -> None:
@@ -79,13 +79,13 @@ def tft_model(
 
         context.log.info(f"epoch {r.epoch + 1}/{preset.train.max_epochs}: train_loss={fmt(r.train_loss)} "
                          f"val_loss={fmt(r.val_loss)} ({r.seconds:.0f}s)")
+        mlflow.log_epoch(run_id, r)  # live in the MLflow UI while the loop runs
 
     result = tft.train_tft(exp.train_frame, exp.val_dataset_builder, preset.model, preset.train, on_epoch)
     path = _checkpoint_path(run_id)
     meta = {**params, "run_id": run_id, "n_parameters": result.n_parameters}
     tft.Forecaster(result.model, result.training_servers, meta).save(path)
-    registry.log_history(run_id, result.history, mlflow.uri())
-    c = registry.client(mlflow.uri())
+    c = mlflow.client()
     c.log_param(run_id, "n_parameters", result.n_parameters)
     c.log_param(run_id, "n_train_samples", result.n_train_samples)
     c.log_metric(run_id, "train_seconds", result.seconds)
@@ -120,9 +120,8 @@ def model_evaluation(
     importance, imp_figures = evaluation.variable_importance(forecaster.model, exp.frame, exp.windows)
     figures.update(imp_figures)
     beats = evaluation.beats_baselines(result.metrics)
-    registry.log_evaluation(tft_model["run_id"], result.metrics, result.table, figures,
-                            extra={"variable_importance": importance, "beats_best_baseline": beats},
-                            tracking_uri=mlflow.uri())
+    mlflow.log_evaluation(tft_model["run_id"], result.metrics, result.table, figures,
+                          extra={"variable_importance": importance, "beats_best_baseline": beats})
     m = result.metrics
     context.log.info(f"val_score {m['val_score']:.4f} vs best baseline {m['best_baseline_score']:.4f}; "
                      f"beats best baseline on P50 MAE: {beats}")
@@ -151,7 +150,7 @@ def registered_model(
     context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
     model_evaluation: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    mv = registry.log_and_register(tft_model["run_id"], tft_model["checkpoint"], mlflow.uri())
+    mv = mlflow.register(tft_model["run_id"], tft_model["checkpoint"])
     context.log.info(f"registered {config.MODEL_NAME} v{mv.version} from run {mv.run_id}")
     return dg.Output({"version": str(mv.version), "run_id": mv.run_id},
                      metadata={"model": config.MODEL_NAME, "version": str(mv.version), "run_id": mv.run_id})
@@ -173,9 +172,9 @@ def champion_model(
         context.log.info("re-scoring the current champion on this run's validation windows")
         return evaluation.evaluate(champion.model, exp.frame, exp.windows).metrics["val_score"]
 
-    decision = registry.promote(registered_model["version"], model_evaluation["metrics"], rescore, mlflow.uri())
+    decision = mlflow.promote(registered_model["version"], model_evaluation["metrics"], rescore)
     context.log.info(f"v{decision.version}: {decision.decision} - {decision.reason}")
-    champ = registry.current_champion(mlflow.uri())
+    champ = mlflow.current_champion()
     return dg.Output(
         {"decision": decision.decision, "reason": decision.reason, "version": decision.version,
          "champion_version": str(champ.version) if champ is not None else None},

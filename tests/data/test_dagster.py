@@ -13,7 +13,7 @@ from models.simulator import FleetData
 from models.validation import validate_fleet
 from orchestration import checks, jobs
 from orchestration.assets import data
-from orchestration.resources import RESOURCES, dataset_path
+from orchestration.resources import PARQUET_IO_MANAGER, RESOURCES, ParquetIOManager, dataset_path
 
 SMALL = {"ops": {"fleet_data": {"config": {"n_servers": 7, "steps": 2 * schema.STEPS_PER_DAY, "seed": 5}}}}
 
@@ -116,3 +116,20 @@ def test_build_dataset_job_runs_assets_and_check() -> None:
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == "fleet_dataset_valid"
     assert evaluation.passed
+
+
+def test_parquet_io_manager_round_trip_and_missing_file(_isolated_data_dir: Path) -> None:
+    """Dagster's UPathIOManager with Parquet: the file is dataset_path(asset), and a missing one says what to run."""
+    manager = ParquetIOManager().create_io_manager(dg.build_init_resource_context())
+    key = dg.AssetKey("some_table")
+    frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"]})
+    with dg.build_output_context(asset_key=key) as out:
+        manager.handle_output(out, frame)
+        assert out.get_logged_metadata()["path"] == dg.MetadataValue.path(str(dataset_path("some_table")))
+    assert dataset_path("some_table").is_file()
+    assert not list(dataset_path("some_table").parent.glob("*.tmp"))
+    pd.testing.assert_frame_equal(manager.load_input(dg.build_input_context(asset_key=key)), frame)
+    with pytest.raises(FileNotFoundError, match="materialize other_table first"):
+        manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("other_table")))
+    with dg.build_output_context(asset_key=key) as out, pytest.raises(TypeError, match=PARQUET_IO_MANAGER):
+        manager.handle_output(out, {"not": "a frame"})

@@ -41,9 +41,27 @@ def test_jobs_are_registered() -> None:
     assert jobs.train_and_promote_full.config == {"ops": {"tft_model": {"config": {"preset": "full"}}}}
 
 
+def test_mlflow_resource_is_bound_to_its_uri(isolated_env: Path) -> None:
+    """Every call through the resource goes to its own tracking URI, not the environment's."""
+    uri = f"sqlite:///{isolated_env / 'resource.db'}"
+    resource = MlflowResource(tracking_uri=uri)
+    assert resource.uri() == uri and MlflowResource().uri() == config.mlflow_tracking_uri()
+    run_id = resource.start_run({"preset": "tiny"}, tags={"who": "test"}, run_name="bound")
+    resource.log_epoch(run_id, tft.EpochRecord(epoch=0, train_loss=0.5, val_loss=None, seconds=1.0))
+    resource.log_epoch(run_id, tft.EpochRecord(epoch=1, train_loss=0.4, val_loss=0.45, seconds=2.0))
+    c = resource.client()
+    run = c.get_run(run_id)
+    assert run.data.params["preset"] == "tiny" and run.data.tags["who"] == "test"
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "train_loss")] == [(0, 0.5), (1, 0.4)]
+    assert [m.step for m in c.get_metric_history(run_id, "val_loss")] == [1]  # no value, no point
+    assert [m.step for m in c.get_metric_history(run_id, "epoch_seconds")] == [0, 1]
+    assert resource.current_champion() is None
+    assert not (isolated_env / "mlflow.db").exists()  # the environment's store was never touched
+
+
 @pytest.mark.slow
 def test_training_assets_end_to_end(isolated_env: Path) -> None:
-    uri = f"sqlite:///{isolated_env / 'mlflow.db'}"
+    uri = f"sqlite:///{isolated_env / 'resource.db'}"  # not the environment's URI: the resource's is used
     instance = dg.DagsterInstance.ephemeral()
     run_config = {"ops": {
         "fleet_data": {"config": {"n_servers": 8, "steps": 6 * 288, "seed": 3}},
@@ -95,3 +113,4 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
     mat = result.asset_materializations_for_node("champion_model")[0]
     assert mat.metadata["decision"].value == expected
     assert config.MODEL_NAME in {m.name for m in c.search_registered_models()}
+    assert not (isolated_env / "mlflow.db").exists()  # every MLflow call went through the resource's URI
