@@ -1,7 +1,8 @@
-"""Training assets (group "training"): train -> evaluate -> register -> gated promotion.
+"""Training assets (group "training"): split -> train -> evaluate -> register -> gated promotion.
 
 Thin glue: the loop lives in models.tft, the protocol in models.evaluation, MLflow in
-models.registry. One MLflow run spans the four assets (its id travels in the asset values).
+models.registry (through the ``mlflow`` resource). The split is built once (``experiment_split``)
+and read by the others; one MLflow run spans the four model assets (its id travels in their values).
 """
 
 from pathlib import Path
@@ -56,19 +57,54 @@ def _checkpoint_path(run_id: str) -> Path:
     return config.data_dir() / "models" / run_id / "tft.pt"
 
 
+def _same_split(upstream: str, value: dict[str, Any], exp: evaluation.Experiment) -> None:
+    """Refuse to mix an upstream value computed on another split (e.g. after a new dataset)."""
+    if value["fingerprint"] != exp.split.fingerprint:
+        raise dg.Failure(
+            f"{upstream} was computed on dataset {value['fingerprint']}, experiment_split is "
+            f"{exp.split.fingerprint}: materialize {upstream} again (or the whole training group)")
+
+
 @dg.asset(
     group_name=GROUP,
-    description="Trains the TFT (models.tft.train_tft) on the first 80 % of fleet_dataset minus two "
-                "held-out servers; logs params and per-epoch loss to a new MLflow run.",
+    description="The evaluation protocol applied to fleet_dataset, once per run (models.evaluation."
+                "prepare_experiment): 80/20 split by time, two held-out (unseen) servers, the prepared "
+                "frames and the validation windows (origin every 2 h). tft_model, model_evaluation and "
+                "champion_model all use this one split.",
+    kinds={"pandas"},
+)
+def experiment_split(context: dg.AssetExecutionContext, fleet_dataset: pd.DataFrame
+                     ) -> dg.Output[evaluation.Experiment]:
+    exp = evaluation.prepare_experiment(fleet_dataset)
+    s = exp.summary()
+    context.log.info(f"split at {s['cutoff']}: {len(s['seen_servers'])} seen, unseen {s['unseen_servers']}, "
+                     f"{s['n_windows']} + {s['n_unseen_windows']} validation windows, dataset {s['fingerprint']}")
+    return dg.Output(exp, metadata={
+        "cutoff": s["cutoff"],
+        "seen_servers": dg.MetadataValue.text(", ".join(s["seen_servers"])),
+        "unseen_servers": dg.MetadataValue.text(", ".join(s["unseen_servers"])),
+        "n_records": s["n_records"],
+        "n_train_rows": s["n_train_rows"],
+        "n_windows": s["n_windows"],
+        "n_unseen_windows": s["n_unseen_windows"],
+        "dataset_fingerprint": s["fingerprint"],
+    })
+
+
+@dg.asset(
+    group_name=GROUP,
+    description="Trains the TFT (models.tft.train_tft) on experiment_split's training part (first 80 %, "
+                "two held-out servers left out); logs params and per-epoch loss to a new MLflow run.",
     kinds={"pytorch", "mlflow"},
 )
 def tft_model(
-    context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource, fleet_dataset: pd.DataFrame
+    context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource,
+    experiment_split: evaluation.Experiment,
 ) -> dg.Output[dict[str, Any]]:
     preset = _preset(config)
-    exp = evaluation.prepare_experiment(fleet_dataset)
+    exp = experiment_split
     params = {"preset": config.preset, **tft.settings_params(preset), **exp.split.as_params(),
-              "n_records": len(fleet_dataset), "n_train_rows": len(exp.train_frame)}
+              "n_records": exp.n_records, "n_train_rows": len(exp.train_frame)}
     run_id = mlflow.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
                               run_name=f"tft-{config.preset}")
     context.log.info(f"MLflow run {run_id}; preset {config.preset}: {tft.settings_params(preset)}")
@@ -111,11 +147,12 @@ def tft_model(
 )
 def model_evaluation(
     context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
-    fleet_dataset: pd.DataFrame,
+    experiment_split: evaluation.Experiment,
 ) -> dg.Output[dict[str, Any]]:
-    exp = evaluation.prepare_experiment(fleet_dataset)
+    exp = experiment_split
+    _same_split("tft_model", tft_model, exp)
     forecaster = tft.Forecaster.from_checkpoint(tft_model["checkpoint"])
-    result = evaluation.evaluate(forecaster.model, exp.frame, exp.windows)
+    result = exp.evaluate(forecaster.model)
     figures = evaluation.plot_forecasts(result, exp.frame)
     importance, imp_figures = evaluation.variable_importance(forecaster.model, exp.frame, exp.windows)
     figures.update(imp_figures)
@@ -158,21 +195,20 @@ def registered_model(
 
 @dg.asset(
     group_name=GROUP,
-    description="Gated promotion: the new version takes the `champion` alias only if its val_score beats "
-                "the best baseline and the current champion re-scored on the same windows.",
+    description="Gated promotion (models.registry.promote): the new version takes the `champion` alias only "
+                "if its val_score beats the best baseline and the current champion re-scored on "
+                "experiment_split's windows.",
     kinds={"mlflow"},
 )
 def champion_model(
     context: dg.AssetExecutionContext, mlflow: MlflowResource, registered_model: dict[str, Any],
-    model_evaluation: dict[str, Any], fleet_dataset: pd.DataFrame,
+    model_evaluation: dict[str, Any], experiment_split: evaluation.Experiment,
 ) -> dg.Output[dict[str, Any]]:
-    exp = evaluation.prepare_experiment(fleet_dataset)
-
-    def rescore(champion: tft.Forecaster) -> float:
-        context.log.info("re-scoring the current champion on this run's validation windows")
-        return evaluation.evaluate(champion.model, exp.frame, exp.windows).metrics["val_score"]
-
-    decision = mlflow.promote(registered_model["version"], model_evaluation["metrics"], rescore)
+    _same_split("model_evaluation", model_evaluation, experiment_split)
+    decision = mlflow.promote(registered_model["version"], model_evaluation["metrics"], experiment_split.rescore)
+    if decision.champion_val_score is not None:
+        context.log.info(f"champion v{decision.champion_version} re-scored on this run's windows: "
+                         f"val_score {decision.champion_val_score:.4f}")
     context.log.info(f"v{decision.version}: {decision.decision} - {decision.reason}")
     champ = mlflow.current_champion()
     return dg.Output(

@@ -117,6 +117,22 @@ def test_model_and_baselines_are_scored_on_the_same_windows(
     assert m["best_baseline_score"] == min(m[f"baseline_score_{b}"] for b in baselines.BASELINES)
 
 
+def test_experiment_rescore_and_summary(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment,
+                                        tiny_fleet: simulator.FleetData) -> None:
+    """What the experiment_split asset hands the promotion gate: the same val_score evaluate() gives."""
+    forecaster = tft.Forecaster.from_checkpoint(tiny_checkpoint)
+    exp = tiny_experiment
+    expected = evaluation.evaluate(forecaster.model, exp.frame, exp.windows).metrics["val_score"]
+    assert np.isfinite(expected)
+    assert exp.rescore(forecaster) == expected
+    s = exp.summary()
+    assert s["fingerprint"] == exp.split.fingerprint == evaluation.dataset_fingerprint(tiny_fleet.records)
+    assert s["cutoff"] == exp.split.cutoff.isoformat()
+    assert s["unseen_servers"] == exp.split.unseen and set(s["seen_servers"]) == set(exp.split.seen)
+    assert s["n_windows"] + s["n_unseen_windows"] == len(exp.windows) and s["n_unseen_windows"] > 0
+    assert s["n_records"] == len(tiny_fleet.records) and s["n_train_rows"] == len(exp.train_frame)
+
+
 def test_plots_and_variable_importance(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment) -> None:
     import matplotlib.pyplot as plt
 

@@ -8,7 +8,7 @@ import dagster as dg
 import mlflow
 import pytest
 
-from models import config, registry, tft
+from models import config, evaluation, registry, tft
 from orchestration import jobs
 from orchestration.assets import data, training
 from orchestration.definitions import defs
@@ -36,7 +36,7 @@ def test_jobs_are_registered() -> None:
     job = defs.get_job_def("train_and_promote")
     full = defs.get_job_def("train_and_promote_full")
     assert job is not None and full is not None
-    names = {"tft_model", "model_evaluation", "registered_model", "champion_model"}
+    names = {"experiment_split", "tft_model", "model_evaluation", "registered_model", "champion_model"}
     assert names <= {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert jobs.train_and_promote_full.config == {"ops": {"tft_model": {"config": {"preset": "full"}}}}
 
@@ -68,14 +68,25 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
         "tft_model": {"config": {"preset": "tiny", "max_epochs": 2}},
     }}
     result = dg.materialize(
-        [data.fleet_data, training.tft_model, training.model_evaluation, training.registered_model,
-         training.champion_model],
+        [data.fleet_data, training.experiment_split, training.tft_model, training.model_evaluation,
+         training.registered_model, training.champion_model],
         run_config=run_config,
         resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource(tracking_uri=uri)},
         instance=instance,
     )
     assert result.success
+    # the split is built once, by its own asset, and shown in its metadata
+    split = result.output_for_node("experiment_split")
+    split_meta = result.asset_materializations_for_node("experiment_split")[0].metadata
+    assert split_meta["dataset_fingerprint"].value == split.split.fingerprint
+    assert split_meta["cutoff"].value == split.split.cutoff.isoformat()
+    assert split_meta["unseen_servers"].value == ", ".join(split.split.unseen) and len(split.split.unseen) == 2
+    assert split_meta["n_windows"].value + split_meta["n_unseen_windows"].value == len(split.windows)
+    assert split_meta["n_records"].value == 8 * 6 * 288
+    steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
+    assert steps.count("experiment_split") == 1
     trained = result.output_for_node("tft_model")
+    assert trained["fingerprint"] == split.split.fingerprint
     assert Path(trained["checkpoint"]).is_file()
     assert Path(trained["checkpoint"]).is_relative_to(isolated_env)
 
@@ -87,6 +98,8 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
     c = registry.client(uri)
     run = c.get_run(trained["run_id"])
     assert run.data.params["preset"] == "tiny"
+    assert run.data.params["dataset_fingerprint"] == split.split.fingerprint
+    assert run.data.params["n_records"] == str(8 * 6 * 288)
     assert int(run.data.params["n_parameters"]) == trained["n_parameters"]
     assert len(run.data.params["dataset_fingerprint"]) == 16
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
@@ -114,3 +127,14 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
     assert mat.metadata["decision"].value == expected
     assert config.MODEL_NAME in {m.name for m in c.search_registered_models()}
     assert not (isolated_env / "mlflow.db").exists()  # every MLflow call went through the resource's URI
+
+
+def test_promotion_refuses_an_evaluation_from_another_split(tiny_experiment: evaluation.Experiment,
+                                                            isolated_env: Path) -> None:
+    """champion_model never compares numbers from two splits: it stops before touching the registry."""
+    context = dg.build_asset_context()
+    stale = {"run_id": "r", "metrics": {"val_score": 0.5, "best_baseline_score": 1.0}, "fingerprint": "0" * 16}
+    with pytest.raises(dg.Failure, match="model_evaluation was computed on dataset 0000000000000000"):
+        training.champion_model(context=context, mlflow=MlflowResource(), registered_model={"version": "1"},
+                                model_evaluation=stale, experiment_split=tiny_experiment)
+    assert not (isolated_env / "mlflow.db").exists()
