@@ -1,6 +1,6 @@
 """Benchmark: the Dagster training path with a preset (default ``demo``) on the full contract dataset.
 
-Runs fleet_data -> experiment_split -> tft_model -> model_evaluation -> registered_model -> champion_model with
+Runs fleet_dataset -> experiment_split -> tft_model -> model_evaluation -> registered_model -> champion_model with
 ``dg.materialize`` in a throw-away data dir (MLflow sqlite included), then prints wall times and
 the validation table: MAE per target and horizon bucket for the TFT and the three baselines,
 P10-P90 coverage, unseen vs seen servers, and whether the TFT beats the best baseline.
@@ -53,9 +53,9 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.2f}")
     started = time.perf_counter()
     result = dg.materialize(
-        [data.fleet_data, training.experiment_split, training.tft_model, training.model_evaluation,
+        [data.fleet_dataset, training.experiment_split, training.tft_model, training.model_evaluation,
          training.registered_model, training.champion_model],
-        run_config={"ops": {"fleet_data": {"config": {"n_servers": args.servers, "steps": args.steps}},
+        run_config={"ops": {"fleet_dataset": {"config": {"n_servers": args.servers, "steps": args.steps}},
                             "tft_model": {"config": train_cfg}}},
         resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource()},
     )

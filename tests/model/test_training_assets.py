@@ -64,11 +64,11 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
     uri = f"sqlite:///{isolated_env / 'resource.db'}"  # not the environment's URI: the resource's is used
     instance = dg.DagsterInstance.ephemeral()
     run_config = {"ops": {
-        "fleet_data": {"config": {"n_servers": 8, "steps": 6 * 288, "seed": 3}},
+        "fleet_dataset": {"config": {"n_servers": 8, "steps": 6 * 288, "seed": 3}},
         "tft_model": {"config": {"preset": "tiny", "max_epochs": 2}},
     }}
     result = dg.materialize(
-        [data.fleet_data, training.experiment_split, training.tft_model, training.model_evaluation,
+        [data.fleet_dataset, training.experiment_split, training.tft_model, training.model_evaluation,
          training.registered_model, training.champion_model],
         run_config=run_config,
         resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource(tracking_uri=uri)},
