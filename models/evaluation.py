@@ -414,6 +414,12 @@ class Experiment:
         """``val_score`` of ``forecaster`` on these windows: how the gated promotion re-scores the champion."""
         return self.evaluate(forecaster.model).metrics["val_score"]
 
+    def check_same_split(self, upstream: str, fingerprint: str) -> None:
+        """ValueError when ``upstream`` (e.g. an evaluation) was computed on another dataset than this split's."""
+        if fingerprint != self.split.fingerprint:
+            raise ValueError(f"{upstream} was computed on dataset {fingerprint}, this split is on "
+                             f"{self.split.fingerprint}: compute {upstream} again on this split")
+
     def summary(self) -> dict[str, Any]:
         """What the split is, in plain values (Dagster metadata, logs)."""
         unseen = self.windows["unseen"].to_numpy(dtype=bool)

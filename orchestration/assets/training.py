@@ -1,8 +1,9 @@
-"""Training assets (group "training"): split -> train -> evaluate -> register -> gated promotion.
+"""Training assets (group "training"): the split, built once per run, and the trained TFT.
 
-Thin glue: the loop lives in models.tft, the protocol in models.evaluation, MLflow in
-models.registry (through the ``mlflow`` resource). The split is built once (``experiment_split``)
-and read by the others; one MLflow run spans the four model assets (its id travels in their values).
+Thin glue: the protocol lives in models.evaluation, the loop in models.tft, MLflow in models.registry
+(through the ``mlflow`` resource). ``experiment_split`` is read by tft_model, model_evaluation
+(assets/evaluation.py) and champion_model (assets/promotion.py); one MLflow run spans the four model
+assets (its id travels in their values).
 """
 
 from pathlib import Path
@@ -55,14 +56,6 @@ def _preset(cfg: TrainConfig) -> tft.Preset:
 
 def _checkpoint_path(run_id: str) -> Path:
     return config.data_dir() / "models" / run_id / "tft.pt"
-
-
-def _same_split(upstream: str, value: dict[str, Any], exp: evaluation.Experiment) -> None:
-    """Refuse to mix an upstream value computed on another split (e.g. after a new dataset)."""
-    if value["fingerprint"] != exp.split.fingerprint:
-        raise dg.Failure(
-            f"{upstream} was computed on dataset {value['fingerprint']}, experiment_split is "
-            f"{exp.split.fingerprint}: materialize {upstream} again (or the whole training group)")
 
 
 @dg.asset(
@@ -137,92 +130,3 @@ def tft_model(
         "final_train_loss": float(last.train_loss) if last and last.train_loss is not None else float("nan"),
         "final_val_loss": float(last.val_loss) if last and last.val_loss is not None else float("nan"),
     })
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="TFT vs last-value / seasonal-naive / 24h-mean baselines on the same validation windows "
-                "(origin every 2 h over the last 20 %), seen vs unseen servers; logged to the MLflow run.",
-    kinds={"mlflow"},
-)
-def model_evaluation(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
-    experiment_split: evaluation.Experiment,
-) -> dg.Output[dict[str, Any]]:
-    exp = experiment_split
-    _same_split("tft_model", tft_model, exp)
-    forecaster = tft.Forecaster.from_checkpoint(tft_model["checkpoint"])
-    result = exp.evaluate(forecaster.model)
-    figures = evaluation.plot_forecasts(result, exp.frame)
-    importance, imp_figures = evaluation.variable_importance(forecaster.model, exp.frame, exp.windows)
-    figures.update(imp_figures)
-    beats = evaluation.beats_baselines(result.metrics)
-    mlflow.log_evaluation(tft_model["run_id"], result.metrics, result.table, figures,
-                          extra={"variable_importance": importance, "beats_best_baseline": beats})
-    m = result.metrics
-    context.log.info(f"val_score {m['val_score']:.4f} vs best baseline {m['best_baseline_score']:.4f}; "
-                     f"beats best baseline on P50 MAE: {beats}")
-    summary = result.table[(result.table["bucket"] == "all") & (result.table["stat"] == "mae")]
-    pivot = summary.pivot_table(index=["servers", "model"], columns="metric", values="value").round(3)
-    return dg.Output(
-        {"run_id": tft_model["run_id"], "metrics": m, "fingerprint": exp.split.fingerprint},
-        metadata={
-            "val_score": m["val_score"],
-            "best_baseline_score": m["best_baseline_score"],
-            **{f"val_mae_{t}": m[f"val_mae_{t}"] for t in evaluation.TARGETS},
-            **{f"beats_baselines_{t}": ok for t, ok in beats.items()},
-            "mae_table": dg.MetadataValue.md(pivot.reset_index().to_markdown(index=False)),
-            "n_windows": int(m["n_windows"]),
-        },
-    )
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="The run's checkpoint + pyfunc model logged to MLflow and registered as a new "
-                "fleetcast-tft version.",
-    kinds={"mlflow"},
-)
-def registered_model(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
-    model_evaluation: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
-    mv = mlflow.register(tft_model["run_id"], tft_model["checkpoint"])
-    context.log.info(f"registered {config.MODEL_NAME} v{mv.version} from run {mv.run_id}")
-    return dg.Output({"version": str(mv.version), "run_id": mv.run_id},
-                     metadata={"model": config.MODEL_NAME, "version": str(mv.version), "run_id": mv.run_id})
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="Gated promotion (models.registry.promote): the new version takes the `champion` alias only "
-                "if its val_score beats the best baseline and the current champion re-scored on "
-                "experiment_split's windows.",
-    kinds={"mlflow"},
-)
-def champion_model(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, registered_model: dict[str, Any],
-    model_evaluation: dict[str, Any], experiment_split: evaluation.Experiment,
-) -> dg.Output[dict[str, Any]]:
-    _same_split("model_evaluation", model_evaluation, experiment_split)
-    decision = mlflow.promote(registered_model["version"], model_evaluation["metrics"], experiment_split.rescore)
-    if decision.champion_val_score is not None:
-        context.log.info(f"champion v{decision.champion_version} re-scored on this run's windows: "
-                         f"val_score {decision.champion_val_score:.4f}")
-    context.log.info(f"v{decision.version}: {decision.decision} - {decision.reason}")
-    champ = mlflow.current_champion()
-    return dg.Output(
-        {"decision": decision.decision, "reason": decision.reason, "version": decision.version,
-         "champion_version": str(champ.version) if champ is not None else None},
-        metadata={
-            "decision": decision.decision,
-            "reason": decision.reason,
-            "candidate_version": decision.version,
-            "candidate_val_score": decision.val_score,
-            "best_baseline_score": decision.best_baseline_score,
-            "previous_champion_version": decision.champion_version or "",
-            "previous_champion_val_score": (decision.champion_val_score
-                                            if decision.champion_val_score is not None else float("nan")),
-            "champion_version": str(champ.version) if champ is not None else "",
-        },
-    )

@@ -10,7 +10,8 @@ import pytest
 
 from models import config, evaluation, registry, tft
 from orchestration import jobs
-from orchestration.assets import data, training
+from orchestration.assets import data, promotion, training
+from orchestration.assets import evaluation as evaluation_assets
 from orchestration.definitions import defs
 from orchestration.mlflow_resource import MlflowResource
 from orchestration.resources import PARQUET_IO_MANAGER, ParquetIOManager
@@ -37,7 +38,10 @@ def test_jobs_are_registered() -> None:
     full = defs.get_job_def("train_and_promote_full")
     assert job is not None and full is not None
     names = {"experiment_split", "tft_model", "model_evaluation", "registered_model", "champion_model"}
-    assert names <= {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    graph = defs.resolve_asset_graph()
+    assert names <= {k.to_user_string() for k in graph.get_all_asset_keys()}
+    # the Launchpad's train_and_promote selects the training group: the split is rebuilt with the model
+    assert {graph.get(dg.AssetKey(n)).group_name for n in names} == {"training"}
     assert jobs.train_and_promote_full.config == {"ops": {"tft_model": {"config": {"preset": "full"}}}}
 
 
@@ -68,8 +72,8 @@ def test_training_assets_end_to_end(isolated_env: Path) -> None:
         "tft_model": {"config": {"preset": "tiny", "max_epochs": 2}},
     }}
     result = dg.materialize(
-        [data.fleet_dataset, training.experiment_split, training.tft_model, training.model_evaluation,
-         training.registered_model, training.champion_model],
+        [data.fleet_dataset, training.experiment_split, training.tft_model, evaluation_assets.model_evaluation,
+         promotion.registered_model, promotion.champion_model],
         run_config=run_config,
         resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource(tracking_uri=uri)},
         instance=instance,
@@ -134,7 +138,7 @@ def test_promotion_refuses_an_evaluation_from_another_split(tiny_experiment: eva
     """champion_model never compares numbers from two splits: it stops before touching the registry."""
     context = dg.build_asset_context()
     stale = {"run_id": "r", "metrics": {"val_score": 0.5, "best_baseline_score": 1.0}, "fingerprint": "0" * 16}
-    with pytest.raises(dg.Failure, match="model_evaluation was computed on dataset 0000000000000000"):
-        training.champion_model(context=context, mlflow=MlflowResource(), registered_model={"version": "1"},
+    with pytest.raises(ValueError, match="model_evaluation was computed on dataset 0000000000000000"):
+        promotion.champion_model(context=context, mlflow=MlflowResource(), registered_model={"version": "1"},
                                 model_evaluation=stale, experiment_split=tiny_experiment)
     assert not (isolated_env / "mlflow.db").exists()
