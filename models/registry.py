@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import tempfile
 import time
@@ -323,7 +322,3 @@ def load_champion(tracking_uri: str | None = None) -> tuple[Forecaster, dict[str
         raise LookupError(f"no {config.MODEL_NAME}@{config.CHAMPION_ALIAS} in {tracking_uri or 'default registry'}")
     path = champion_checkpoint_path(tracking_uri)
     return Forecaster.from_checkpoint(path), version_info(mv, tracking_uri)
-
-
-def tracking_uri_from_env() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow_tracking_uri()
