@@ -3,6 +3,14 @@
 Each takes ``history`` shaped ``[windows, steps, targets]`` (the ``steps`` observations right
 before each forecast origin, oldest first; at least one day) and returns point forecasts shaped
 ``[windows, horizon, targets]``.
+
+They are statsforecast's ``Naive``, ``SeasonalNaive(288)`` and ``WindowAverage(288)``, and a test
+checks the forecasts are identical on the evaluation's windows (tests/model/test_evaluation.py).
+They stay numpy one-liners on the slab the evaluation already holds: statsforecast needs a long
+frame of one series per window and target and is about 10-30x slower for the same numbers
+(tests/benchmarks/bench_baselines.py, docs/performance.md "Baselines"). A statistical baseline
+(AutoETS, MSTL) costs minutes to an hour per evaluation there, so it is measured in that benchmark,
+not run in every evaluation.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """MLflow: run logging, the pyfunc model, registration, gated champion promotion, champion loading.
 
-Plain functions over ``mlflow`` / ``MlflowClient``; Dagster's ``MlflowResource`` only passes the
-tracking URI in. Registered model: :data:`models.config.MODEL_NAME` (``fleetcast-tft``), alias
-:data:`models.config.CHAMPION_ALIAS` (``champion``).
+Plain functions over ``mlflow`` / ``MlflowClient``, each taking the tracking URI (default:
+``models.config``); Dagster's ``MlflowResource`` binds them to its URI. Registered model:
+:data:`models.config.MODEL_NAME` (``fleetcast-tft``), alias :data:`models.config.CHAMPION_ALIAS` (``champion``).
 
 Promotion rule (:func:`decide`): a candidate becomes champion only if
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -99,15 +100,20 @@ def start_run(params: dict[str, Any], tags: dict[str, str] | None = None, tracki
         return run.info.run_id
 
 
-def log_history(run_id: str, history: list[EpochRecord], tracking_uri: str | None = None) -> None:
-    """Per-epoch ``train_loss`` / ``val_loss`` / ``epoch_seconds`` with step = epoch."""
-    c = client(tracking_uri)
-    for r in history:
-        if r.train_loss is not None:
-            c.log_metric(run_id, "train_loss", r.train_loss, step=r.epoch)
-        if r.val_loss is not None:
-            c.log_metric(run_id, "val_loss", r.val_loss, step=r.epoch)
-        c.log_metric(run_id, "epoch_seconds", r.seconds, step=r.epoch)
+def log_epoch(run_id: str, record: EpochRecord, tracking_uri: str | None = None) -> None:
+    """One epoch's ``train_loss`` / ``val_loss`` / ``epoch_seconds`` with step = epoch (called as each ends).
+
+    Hand-written rather than Lightning's ``MLFlowLogger``: ``models.tft.train_tft`` builds its Trainer
+    with ``logger=False`` and reports epochs through ``EpochHistory``; a logger there would record the
+    library's own names and steps (``train_loss_step``/``train_loss_epoch`` at step = global step) and
+    its hyper-parameters, not these metrics (names and steps are documented in docs/training.md).
+    """
+    metrics = {"train_loss": record.train_loss, "val_loss": record.val_loss, "epoch_seconds": record.seconds}
+    timestamp = int(time.time() * 1000)
+    client(tracking_uri).log_batch(run_id, metrics=[
+        Metric(name, float(value), timestamp, record.epoch) for name, value in metrics.items() if value is not None
+    ])
+
 
 
 def log_evaluation(
@@ -316,7 +322,3 @@ def load_champion(tracking_uri: str | None = None) -> tuple[Forecaster, dict[str
         raise LookupError(f"no {config.MODEL_NAME}@{config.CHAMPION_ALIAS} in {tracking_uri or 'default registry'}")
     path = champion_checkpoint_path(tracking_uri)
     return Forecaster.from_checkpoint(path), version_info(mv, tracking_uri)
-
-
-def tracking_uri_from_env() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow_tracking_uri()

@@ -1,8 +1,14 @@
-"""Dagster resources: where datasets live on disk.
+"""Dagster resources: where datasets live on disk, and MLflow.
 
 ``parquet_io_manager`` stores DataFrame assets as ``<datasets dir>/<asset name>.parquet``
 (``models.config.datasets_dir()``, i.e. ``$FLEETCAST_DATA_DIR/datasets``) and loads them back for
 downstream assets and checks; :func:`dataset_path` gives the same path to code outside Dagster.
+It is Dagster's :class:`~dagster.UPathIOManager` (paths, directories, the ``path`` metadata,
+partitions should an asset ever get them) with Parquet as the format.
+
+``mlflow`` (:class:`orchestration.mlflow_resource.MlflowResource`) is ``models.registry`` bound to one
+tracking URI. Other values (model dicts, the experiment split) go to Dagster's default
+``io_manager`` (pickles under ``$DAGSTER_HOME/storage``).
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
+from upath import UPath
 
 from models import config
+from orchestration.mlflow_resource import MlflowResource
 
 PARQUET_IO_MANAGER = "parquet_io_manager"
 
@@ -24,30 +33,33 @@ def dataset_path(asset_name: str, base_dir: str | Path | None = None) -> Path:
     return base / f"{asset_name}.parquet"
 
 
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """Stores DataFrame assets as Parquet files named after the asset in the datasets dir."""
+class ParquetFiles(dg.UPathIOManager):
+    """DataFrames as ``<base_path>/<asset key>.parquet``; a write never leaves a half-written file."""
 
-    base_dir: str | None = None  # default: models.config.datasets_dir(), read at run time
+    extension = ".parquet"
 
-    def _path(self, key: dg.AssetKey) -> Path:
-        return dataset_path("__".join(key.path), self.base_dir)
-
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{PARQUET_IO_MANAGER} stores DataFrames, got {type(obj).__name__}")
-        path = self._path(context.asset_key)
         tmp = path.with_suffix(".parquet.tmp")
         obj.to_parquet(tmp, index=False)
         tmp.replace(path)  # readers never see a half-written file
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        path = self._path(context.asset_key)
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist: materialize {context.asset_key.to_user_string()} first"
-            )
+            raise FileNotFoundError(f"{path} does not exist: materialize {context.asset_key.to_user_string()} first")
         return pd.read_parquet(path)
 
 
-RESOURCES: dict[str, object] = {PARQUET_IO_MANAGER: ParquetIOManager()}
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Stores DataFrame assets as Parquet files named after the asset in the datasets dir."""
+
+    base_dir: str | None = Field(
+        default=None, description="directory of the Parquet files (empty: $FLEETCAST_DATA_DIR/datasets)")
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> ParquetFiles:
+        # read at run time, so a run sees the data dir of its environment
+        return ParquetFiles(base_path=UPath(self.base_dir or config.datasets_dir()))
+
+
+RESOURCES: dict[str, object] = {PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource()}

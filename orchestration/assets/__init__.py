@@ -1,1 +1,8 @@
-"""Dagster assets, by domain."""
+"""Dagster assets, one module per domain (``definitions.py`` loads every asset of this package).
+
+- data.py: ``fleet_dataset`` + ``incident_labels`` (group ``data``)
+- training.py: ``experiment_split``, ``tft_model`` (group ``training``)
+- evaluation.py: ``model_evaluation`` (group ``training``)
+- promotion.py: ``registered_model``, ``champion_model`` (group ``training``)
+- packaging.py: ``bento_model`` (group ``serving``)
+"""

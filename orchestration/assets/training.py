@@ -1,7 +1,9 @@
-"""Training assets (group "training"): train -> evaluate -> register -> gated promotion.
+"""Training assets (group "training"): the split, built once per run, and the trained TFT.
 
-Thin glue: the loop lives in models.tft, the protocol in models.evaluation, MLflow in
-models.registry. One MLflow run spans the four assets (its id travels in the asset values).
+Thin glue: the protocol lives in models.evaluation, the loop in models.tft, MLflow in models.registry
+(through the ``mlflow`` resource). ``experiment_split`` is read by tft_model, model_evaluation
+(assets/evaluation.py) and champion_model (assets/promotion.py); one MLflow run spans the four model
+assets (its id travels in their values).
 """
 
 from pathlib import Path
@@ -11,7 +13,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from models import config, evaluation, registry, tft
+from models import config, evaluation, tft
 from orchestration.mlflow_resource import MlflowResource
 
 GROUP = "training"
@@ -58,19 +60,46 @@ def _checkpoint_path(run_id: str) -> Path:
 
 @dg.asset(
     group_name=GROUP,
-    description="Trains the TFT (models.tft.train_tft) on the first 80 % of fleet_dataset minus two "
-                "held-out servers; logs params and per-epoch loss to a new MLflow run.",
+    description="The evaluation protocol applied to fleet_dataset, once per run (models.evaluation."
+                "prepare_experiment): 80/20 split by time, two held-out (unseen) servers, the prepared "
+                "frames and the validation windows (origin every 2 h). tft_model, model_evaluation and "
+                "champion_model all use this one split.",
+    kinds={"pandas"},
+)
+def experiment_split(context: dg.AssetExecutionContext, fleet_dataset: pd.DataFrame
+                     ) -> dg.Output[evaluation.Experiment]:
+    exp = evaluation.prepare_experiment(fleet_dataset)
+    s = exp.summary()
+    context.log.info(f"split at {s['cutoff']}: {len(s['seen_servers'])} seen, unseen {s['unseen_servers']}, "
+                     f"{s['n_windows']} + {s['n_unseen_windows']} validation windows, dataset {s['fingerprint']}")
+    return dg.Output(exp, metadata={
+        "cutoff": s["cutoff"],
+        "seen_servers": dg.MetadataValue.text(", ".join(s["seen_servers"])),
+        "unseen_servers": dg.MetadataValue.text(", ".join(s["unseen_servers"])),
+        "n_records": s["n_records"],
+        "n_train_rows": s["n_train_rows"],
+        "n_windows": s["n_windows"],
+        "n_unseen_windows": s["n_unseen_windows"],
+        "dataset_fingerprint": s["fingerprint"],
+    })
+
+
+@dg.asset(
+    group_name=GROUP,
+    description="Trains the TFT (models.tft.train_tft) on experiment_split's training part (first 80 %, "
+                "two held-out servers left out); logs params and per-epoch loss to a new MLflow run.",
     kinds={"pytorch", "mlflow"},
 )
 def tft_model(
-    context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource, fleet_dataset: pd.DataFrame
+    context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource,
+    experiment_split: evaluation.Experiment,
 ) -> dg.Output[dict[str, Any]]:
     preset = _preset(config)
-    exp = evaluation.prepare_experiment(fleet_dataset)
+    exp = experiment_split
     params = {"preset": config.preset, **tft.settings_params(preset), **exp.split.as_params(),
-              "n_records": len(fleet_dataset), "n_train_rows": len(exp.train_frame)}
-    run_id = registry.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
-                                tracking_uri=mlflow.uri(), run_name=f"tft-{config.preset}")
+              "n_records": exp.n_records, "n_train_rows": len(exp.train_frame)}
+    run_id = mlflow.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
+                              run_name=f"tft-{config.preset}")
     context.log.info(f"MLflow run {run_id}; preset {config.preset}: {tft.settings_params(preset)}")
 
     def on_epoch(r: tft.EpochRecord) -> None:
@@ -79,13 +108,13 @@ def tft_model(
 
         context.log.info(f"epoch {r.epoch + 1}/{preset.train.max_epochs}: train_loss={fmt(r.train_loss)} "
                          f"val_loss={fmt(r.val_loss)} ({r.seconds:.0f}s)")
+        mlflow.log_epoch(run_id, r)  # live in the MLflow UI while the loop runs
 
     result = tft.train_tft(exp.train_frame, exp.val_dataset_builder, preset.model, preset.train, on_epoch)
     path = _checkpoint_path(run_id)
     meta = {**params, "run_id": run_id, "n_parameters": result.n_parameters}
     tft.Forecaster(result.model, result.training_servers, meta).save(path)
-    registry.log_history(run_id, result.history, mlflow.uri())
-    c = registry.client(mlflow.uri())
+    c = mlflow.client()
     c.log_param(run_id, "n_parameters", result.n_parameters)
     c.log_param(run_id, "n_train_samples", result.n_train_samples)
     c.log_metric(run_id, "train_seconds", result.seconds)
@@ -101,93 +130,3 @@ def tft_model(
         "final_train_loss": float(last.train_loss) if last and last.train_loss is not None else float("nan"),
         "final_val_loss": float(last.val_loss) if last and last.val_loss is not None else float("nan"),
     })
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="TFT vs last-value / seasonal-naive / 24h-mean baselines on the same validation windows "
-                "(origin every 2 h over the last 20 %), seen vs unseen servers; logged to the MLflow run.",
-    kinds={"mlflow"},
-)
-def model_evaluation(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
-    fleet_dataset: pd.DataFrame,
-) -> dg.Output[dict[str, Any]]:
-    exp = evaluation.prepare_experiment(fleet_dataset)
-    forecaster = tft.Forecaster.from_checkpoint(tft_model["checkpoint"])
-    result = evaluation.evaluate(forecaster.model, exp.frame, exp.windows)
-    figures = evaluation.plot_forecasts(result, exp.frame)
-    importance, imp_figures = evaluation.variable_importance(forecaster.model, exp.frame, exp.windows)
-    figures.update(imp_figures)
-    beats = evaluation.beats_baselines(result.metrics)
-    registry.log_evaluation(tft_model["run_id"], result.metrics, result.table, figures,
-                            extra={"variable_importance": importance, "beats_best_baseline": beats},
-                            tracking_uri=mlflow.uri())
-    m = result.metrics
-    context.log.info(f"val_score {m['val_score']:.4f} vs best baseline {m['best_baseline_score']:.4f}; "
-                     f"beats best baseline on P50 MAE: {beats}")
-    summary = result.table[(result.table["bucket"] == "all") & (result.table["stat"] == "mae")]
-    pivot = summary.pivot_table(index=["servers", "model"], columns="metric", values="value").round(3)
-    return dg.Output(
-        {"run_id": tft_model["run_id"], "metrics": m, "fingerprint": exp.split.fingerprint},
-        metadata={
-            "val_score": m["val_score"],
-            "best_baseline_score": m["best_baseline_score"],
-            **{f"val_mae_{t}": m[f"val_mae_{t}"] for t in evaluation.TARGETS},
-            **{f"beats_baselines_{t}": ok for t, ok in beats.items()},
-            "mae_table": dg.MetadataValue.md(pivot.reset_index().to_markdown(index=False)),
-            "n_windows": int(m["n_windows"]),
-        },
-    )
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="The run's checkpoint + pyfunc model logged to MLflow and registered as a new "
-                "fleetcast-tft version.",
-    kinds={"mlflow"},
-)
-def registered_model(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, tft_model: dict[str, Any],
-    model_evaluation: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
-    mv = registry.log_and_register(tft_model["run_id"], tft_model["checkpoint"], mlflow.uri())
-    context.log.info(f"registered {config.MODEL_NAME} v{mv.version} from run {mv.run_id}")
-    return dg.Output({"version": str(mv.version), "run_id": mv.run_id},
-                     metadata={"model": config.MODEL_NAME, "version": str(mv.version), "run_id": mv.run_id})
-
-
-@dg.asset(
-    group_name=GROUP,
-    description="Gated promotion: the new version takes the `champion` alias only if its val_score beats "
-                "the best baseline and the current champion re-scored on the same windows.",
-    kinds={"mlflow"},
-)
-def champion_model(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, registered_model: dict[str, Any],
-    model_evaluation: dict[str, Any], fleet_dataset: pd.DataFrame,
-) -> dg.Output[dict[str, Any]]:
-    exp = evaluation.prepare_experiment(fleet_dataset)
-
-    def rescore(champion: tft.Forecaster) -> float:
-        context.log.info("re-scoring the current champion on this run's validation windows")
-        return evaluation.evaluate(champion.model, exp.frame, exp.windows).metrics["val_score"]
-
-    decision = registry.promote(registered_model["version"], model_evaluation["metrics"], rescore, mlflow.uri())
-    context.log.info(f"v{decision.version}: {decision.decision} - {decision.reason}")
-    champ = registry.current_champion(mlflow.uri())
-    return dg.Output(
-        {"decision": decision.decision, "reason": decision.reason, "version": decision.version,
-         "champion_version": str(champ.version) if champ is not None else None},
-        metadata={
-            "decision": decision.decision,
-            "reason": decision.reason,
-            "candidate_version": decision.version,
-            "candidate_val_score": decision.val_score,
-            "best_baseline_score": decision.best_baseline_score,
-            "previous_champion_version": decision.champion_version or "",
-            "previous_champion_val_score": (decision.champion_val_score
-                                            if decision.champion_val_score is not None else float("nan")),
-            "champion_version": str(champ.version) if champ is not None else "",
-        },
-    )

@@ -1,6 +1,6 @@
 """Benchmark: the Dagster training path with a preset (default ``demo``) on the full contract dataset.
 
-Runs fleet_data -> tft_model -> model_evaluation -> registered_model -> champion_model with
+Runs fleet_dataset -> experiment_split -> tft_model -> model_evaluation -> registered_model -> champion_model with
 ``dg.materialize`` in a throw-away data dir (MLflow sqlite included), then prints wall times and
 the validation table: MAE per target and horizon bucket for the TFT and the three baselines,
 P10-P90 coverage, unseen vs seen servers, and whether the TFT beats the best baseline.
@@ -40,7 +40,8 @@ def main() -> None:
     import torch
 
     from models import baselines, evaluation
-    from orchestration.assets import data, training
+    from orchestration.assets import data, promotion, training
+    from orchestration.assets import evaluation as evaluation_assets
     from orchestration.mlflow_resource import MlflowResource
     from orchestration.resources import PARQUET_IO_MANAGER, ParquetIOManager
 
@@ -53,9 +54,9 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.2f}")
     started = time.perf_counter()
     result = dg.materialize(
-        [data.fleet_data, training.tft_model, training.model_evaluation, training.registered_model,
-         training.champion_model],
-        run_config={"ops": {"fleet_data": {"config": {"n_servers": args.servers, "steps": args.steps}},
+        [data.fleet_dataset, training.experiment_split, training.tft_model, evaluation_assets.model_evaluation,
+         promotion.registered_model, promotion.champion_model],
+        run_config={"ops": {"fleet_dataset": {"config": {"n_servers": args.servers, "steps": args.steps}},
                             "tft_model": {"config": train_cfg}}},
         resources={PARQUET_IO_MANAGER: ParquetIOManager(), "mlflow": MlflowResource()},
     )

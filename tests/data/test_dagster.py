@@ -13,9 +13,9 @@ from models.simulator import FleetData
 from models.validation import validate_fleet
 from orchestration import checks, jobs
 from orchestration.assets import data
-from orchestration.resources import RESOURCES, dataset_path
+from orchestration.resources import PARQUET_IO_MANAGER, RESOURCES, ParquetIOManager, dataset_path
 
-SMALL = {"ops": {"fleet_data": {"config": {"n_servers": 7, "steps": 2 * schema.STEPS_PER_DAY, "seed": 5}}}}
+SMALL = {"ops": {"fleet_dataset": {"config": {"n_servers": 7, "steps": 2 * schema.STEPS_PER_DAY, "seed": 5}}}}
 
 
 def _with_downstream() -> tuple[list, list[int]]:
@@ -25,7 +25,7 @@ def _with_downstream() -> tuple[list, list[int]]:
     def downstream(fleet_dataset: pd.DataFrame) -> None:
         ran.append(len(fleet_dataset))
 
-    return [data.fleet_data, checks.fleet_dataset_valid, downstream], ran
+    return [data.fleet_dataset, checks.fleet_dataset_valid, downstream], ran
 
 
 def test_clean_dataset_passes_the_check_and_feeds_downstream(_isolated_data_dir: Path) -> None:
@@ -103,6 +103,16 @@ def test_definitions_load_with_the_job_and_blocking_check() -> None:
     (spec,) = [s for s in checks.fleet_dataset_valid.check_specs]
     assert spec.blocking
     assert spec.asset_key == dg.AssetKey("fleet_dataset")
+    # the Launchpad's config key is the asset's name (one op yields both data assets)
+    assert data.fleet_dataset.op.name == "fleet_dataset"
+    assert set(data.fleet_dataset.keys) == {dg.AssetKey("fleet_dataset"), dg.AssetKey("incident_labels")}
+    # the Pandera contract is the asset's column schema in the UI (dagster-pandera)
+    columns = graph.get(dg.AssetKey("fleet_dataset")).metadata["dagster/column_schema"]
+    assert [c.name for c in columns.columns] == list(schema.COLUMNS)
+    cpu = next(c for c in columns.columns if c.name == "cpu_percent")
+    assert cpu.type == "float64" and {">= 0.0", "<= 100.0"} <= set(cpu.constraints.other)
+    assert not cpu.constraints.nullable
+    assert "all_profiles_present" in columns.constraints.other
 
 
 def test_build_dataset_job_runs_assets_and_check() -> None:
@@ -116,3 +126,20 @@ def test_build_dataset_job_runs_assets_and_check() -> None:
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == "fleet_dataset_valid"
     assert evaluation.passed
+
+
+def test_parquet_io_manager_round_trip_and_missing_file(_isolated_data_dir: Path) -> None:
+    """Dagster's UPathIOManager with Parquet: the file is dataset_path(asset), and a missing one says what to run."""
+    manager = ParquetIOManager().create_io_manager(dg.build_init_resource_context())
+    key = dg.AssetKey("some_table")
+    frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"]})
+    with dg.build_output_context(asset_key=key) as out:
+        manager.handle_output(out, frame)
+        assert out.get_logged_metadata()["path"] == dg.MetadataValue.path(str(dataset_path("some_table")))
+    assert dataset_path("some_table").is_file()
+    assert not list(dataset_path("some_table").parent.glob("*.tmp"))
+    pd.testing.assert_frame_equal(manager.load_input(dg.build_input_context(asset_key=key)), frame)
+    with pytest.raises(FileNotFoundError, match="materialize other_table first"):
+        manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("other_table")))
+    with dg.build_output_context(asset_key=key) as out, pytest.raises(TypeError, match=PARQUET_IO_MANAGER):
+        manager.handle_output(out, {"not": "a frame"})

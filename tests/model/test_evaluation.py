@@ -41,6 +41,55 @@ def test_baselines_on_small_arrays() -> None:
         baselines.seasonal_naive(history[:, :100], 3)
 
 
+def test_baselines_and_mae_equal_statsforecast_and_utilsforecast(tiny_experiment: evaluation.Experiment) -> None:
+    """The numpy baselines are statsforecast's Naive, SeasonalNaive(288) and WindowAverage(288) on each
+    window's 288-step history, and the evaluation's MAE is utilsforecast's, on the evaluation's own windows.
+
+    The numpy versions stay in the evaluation because they run on the [windows, steps, targets] slab it
+    already has, ~10-30x faster (tests/benchmarks/bench_baselines.py); this test keeps them honest.
+    """
+    from statsforecast import StatsForecast
+    from statsforecast.models import Naive, SeasonalNaive, WindowAverage
+    from utilsforecast.losses import mae
+
+    exp = tiny_experiment
+    windows = exp.windows
+    n, k, h = len(windows), len(evaluation.TARGETS), schema.HORIZON_STEPS
+    actuals, base = evaluation.baseline_table(exp.frame, windows)
+    history = evaluation.SeriesArrays.from_frame(exp.frame).slab(windows, schema.ENCODER_STEPS, 0)
+    long = pd.DataFrame({
+        "unique_id": np.repeat(np.arange(n * k), schema.ENCODER_STEPS),
+        "ds": np.tile(np.arange(schema.ENCODER_STEPS), n * k),
+        "y": history.transpose(0, 2, 1).reshape(-1),
+    })
+    sf = StatsForecast(models=[Naive(), SeasonalNaive(season_length=schema.STEPS_PER_DAY),
+                               WindowAverage(window_size=schema.STEPS_PER_DAY)], freq=1, n_jobs=1)
+    out = sf.forecast(df=long, h=h)
+    names = {"Naive": "last_value", "SeasonalNaive": "seasonal_naive", "WindowAverage": "mean_24h"}
+    assert set(names.values()) == set(baselines.BASELINES)
+    for column, name in names.items():
+        theirs = out[column].to_numpy().reshape(n, k, h).transpose(0, 2, 1)
+        np.testing.assert_allclose(base[name], theirs, rtol=0, atol=1e-9, err_msg=name)
+
+    # MAE per baseline, target and horizon bucket on the seen servers' windows, as utilsforecast computes it
+    unseen = windows["unseen"].to_numpy(dtype=bool)
+    metrics, _, _ = evaluation.compute_metrics(np.repeat(actuals[..., None], 3, axis=3), actuals, base, unseen)
+    seen = np.flatnonzero(~unseen)
+    buckets = {"": slice(0, h), **{f"_{b}": sl for b, sl in evaluation.BUCKETS.items()}}
+    for i, target in enumerate(evaluation.TARGETS):
+        for suffix, sl in buckets.items():
+            steps = np.arange(h)[sl]
+            frame = pd.DataFrame({
+                "unique_id": np.repeat(seen, len(steps)),
+                "y": actuals[seen][:, sl, i].reshape(-1),
+                **{name: base[name][seen][:, sl, i].reshape(-1) for name in baselines.BASELINES},
+            })
+            per_window = mae(frame, models=list(baselines.BASELINES))  # one row per window (equal lengths)
+            for name in baselines.BASELINES:
+                key = f"baseline_{name}_mae_{target}{suffix}"
+                assert metrics[key] == pytest.approx(per_window[name].mean(), rel=1e-12), key
+
+
 def test_seasonal_naive_is_exact_on_a_pure_daily_cycle() -> None:
     records = _daily_cycle_fleet()
     exp = evaluation.prepare_experiment(records, holdout=["ml-01"])
@@ -115,6 +164,22 @@ def test_model_and_baselines_are_scored_on_the_same_windows(
         assert np.isfinite(m[name]), name
     assert m["n_windows"] + m["n_unseen_windows"] == n
     assert m["best_baseline_score"] == min(m[f"baseline_score_{b}"] for b in baselines.BASELINES)
+
+
+def test_experiment_rescore_and_summary(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment,
+                                        tiny_fleet: simulator.FleetData) -> None:
+    """What the experiment_split asset hands the promotion gate: the same val_score evaluate() gives."""
+    forecaster = tft.Forecaster.from_checkpoint(tiny_checkpoint)
+    exp = tiny_experiment
+    expected = evaluation.evaluate(forecaster.model, exp.frame, exp.windows).metrics["val_score"]
+    assert np.isfinite(expected)
+    assert exp.rescore(forecaster) == expected
+    s = exp.summary()
+    assert s["fingerprint"] == exp.split.fingerprint == evaluation.dataset_fingerprint(tiny_fleet.records)
+    assert s["cutoff"] == exp.split.cutoff.isoformat()
+    assert s["unseen_servers"] == exp.split.unseen and set(s["seen_servers"]) == set(exp.split.seen)
+    assert s["n_windows"] + s["n_unseen_windows"] == len(exp.windows) and s["n_unseen_windows"] > 0
+    assert s["n_records"] == len(tiny_fleet.records) and s["n_train_rows"] == len(exp.train_frame)
 
 
 def test_plots_and_variable_importance(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment) -> None:

@@ -101,9 +101,7 @@ def test_gated_promotion_with_real_models(registry_env: str, tiny_checkpoint: Pa
     uri = registry_env
     exp = tiny_experiment
     trained = tft.Forecaster.from_checkpoint(tiny_checkpoint)
-
-    def rescore(champion: tft.Forecaster) -> float:
-        return evaluation.evaluate(champion.model, exp.frame, exp.windows).metrics["val_score"]
+    rescore = exp.rescore  # the champion re-scored on the candidate's windows, as the champion_model asset does
 
     # 1. a garbage model does not beat the baselines: rejected, even with no champion in place
     garbage = _corrupted(trained, noise=5.0, seed=0)
