@@ -11,8 +11,8 @@ import time
 import streamlit as st
 
 from dashboard import views
-from dashboard.client import refresh_seconds
 from dashboard.session import RUN_MS_KEY, current_snapshot, make_auto_refresh, request_refresh
+from dashboard.settings import get_settings
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
 
 
 def render() -> None:
-    period = refresh_seconds()
+    period = get_settings().refresh_seconds
     snap = current_snapshot()
 
     title, button = st.columns([6, 1], vertical_alignment="bottom")

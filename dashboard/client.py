@@ -9,7 +9,6 @@ a test (AppTest runs the app in-process) can prove that a dropdown or a tab make
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -23,12 +22,10 @@ import httpx
 import pandas as pd
 
 from dashboard.data import FleetData, alerts_frame
-from models.config import api_url
+from dashboard.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFRESH_SECONDS = 30.0
-DEFAULT_TIMEOUT_SECONDS = 30.0
 ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
     "health": ("/health", {}),
     "predictions": ("/predictions", {"include_history": "true"}),
@@ -83,23 +80,6 @@ class ServiceError(Exception):
         return self.status is None
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not a number", name, raw)
-        return default
-    return value if value > 0 else default
-
-
-def refresh_seconds() -> float:
-    """Auto-refresh period, from FLEETCAST_DASHBOARD_REFRESH_SECONDS (default 30)."""
-    return _env_float("FLEETCAST_DASHBOARD_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS)
-
-
 def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -148,7 +128,7 @@ class Snapshot:
 
 
 class FleetcastClient:
-    """Talks to the service at ``base_url`` (default: ``models.config.api_url()``)."""
+    """Talks to the service at ``base_url`` (default: ``FLEETCAST_API_URL``, see ``dashboard/settings.py``)."""
 
     def __init__(
         self,
@@ -157,9 +137,10 @@ class FleetcastClient:
         token: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = (base_url or api_url()).rstrip("/")
-        self.token = token if token is not None else os.environ.get("FLEETCAST_API_TOKEN") or None
-        read_timeout = timeout or _env_float("FLEETCAST_API_TIMEOUT", DEFAULT_TIMEOUT_SECONDS)
+        settings = get_settings()
+        self.base_url = (base_url or settings.api_url).rstrip("/")
+        self.token = token if token is not None else settings.api_token
+        read_timeout = timeout or settings.api_timeout
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=min(5.0, read_timeout)),

@@ -13,7 +13,7 @@ import time
 import streamlit as st
 
 from dashboard.client import FleetcastClient, Snapshot
-from models.config import api_url
+from dashboard.settings import get_settings
 
 TICK_KEY = "fleetcast_tick"
 SNAPSHOT_KEY = "fleetcast_snapshot"
@@ -37,7 +37,7 @@ def request_refresh() -> None:
 
 def current_snapshot() -> Snapshot:
     """The snapshot of the current tick, fetched now if this tick has none yet."""
-    base_url = api_url()
+    base_url = get_settings().api_url
     tick = st.session_state.setdefault(TICK_KEY, 0)
     key = (base_url, tick)
     cached = st.session_state.get(SNAPSHOT_KEY)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -317,6 +316,3 @@ def load_champion(tracking_uri: str | None = None) -> tuple[Forecaster, dict[str
     path = champion_checkpoint_path(tracking_uri)
     return Forecaster.from_checkpoint(path), version_info(mv, tracking_uri)
 
-
-def tracking_uri_from_env() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow_tracking_uri()

@@ -14,7 +14,6 @@ made against the fleet's own simulated clock (the only difference from HTTP reco
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,23 +23,9 @@ import pandas as pd
 from models import schema, simulator
 from serving.background import Periodic
 from serving.ingest import ingest_items
+from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEP_SECONDS = 2.0
-
-
-def enabled() -> bool:
-    return os.environ.get("FLEETCAST_DEMO_FLEET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def n_servers() -> int:
-    return int(os.environ.get("FLEETCAST_DEMO_SERVERS", schema.DEFAULT_SERVERS))
-
-
-def step_seconds() -> float:
-    return float(os.environ.get("FLEETCAST_DEMO_STEP_SECONDS", DEFAULT_STEP_SECONDS))
-
 
 def frame_to_items(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Simulator records -> wire-like dicts (ISO timestamps), as a shipper would post them."""
@@ -55,9 +40,10 @@ class DemoFleet:
     def __init__(self, store: Any, servers: list[tuple[str, str]] | None = None, seed: int = 0,
                  step_seconds_: float | None = None, on_ingest: Callable[[int], None] | None = None) -> None:
         self.store = store
-        servers = servers or simulator.default_servers(n_servers())
+        settings = get_settings()
+        servers = servers or simulator.default_servers(settings.demo_servers)
         self.fleet = simulator.LiveFleet(servers=servers, seed=seed, start=self._resume_at(store, servers))
-        self.step_seconds = step_seconds() if step_seconds_ is None else step_seconds_
+        self.step_seconds = settings.demo_step_seconds if step_seconds_ is None else step_seconds_
         self.on_ingest = on_ingest
         self.steps_emitted = 0
         self._lock = threading.Lock()

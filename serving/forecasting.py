@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from datetime import datetime
@@ -26,15 +25,9 @@ from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
 from serving.background import Periodic
+from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_REFRESH_SECONDS = 5.0
-
-
-def refresh_seconds() -> float:
-    return float(os.environ.get("FLEETCAST_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS))
-
 
 def iso(ts: Any) -> str:
     """ISO 8601 UTC without offset, to the second."""
@@ -250,7 +243,7 @@ class PredictionEngine:
         self.last_error = f"{type(exc).__name__}: {exc}"
 
     def start(self, interval: float | None = None) -> None:
-        self._refresher.start(interval or refresh_seconds())
+        self._refresher.start(interval or get_settings().refresh_seconds)
 
     def stop(self) -> None:
         self._refresher.stop()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,10 +30,9 @@ import pandas as pd
 from pydantic import ValidationError
 
 from models import schema
+from serving.settings import get_settings
 
 MAX_FUTURE = timedelta(minutes=10)
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_RECORDS = 50_000
 
 JSON_TYPES = ("application/json", "text/json")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
@@ -53,11 +51,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def max_body_bytes() -> int:
-    return int(os.environ.get("FLEETCAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    """``FLEETCAST_MAX_BODY_BYTES``, read per request."""
+    return get_settings().max_body_bytes
 
 
 def max_records() -> int:
-    return int(os.environ.get("FLEETCAST_MAX_RECORDS", DEFAULT_MAX_RECORDS))
+    """``FLEETCAST_MAX_RECORDS``, read per request."""
+    return get_settings().max_records
 
 
 class IngestError(Exception):
@@ -240,8 +240,9 @@ def validate_items(items: list[Any], now: datetime | None = None) -> IngestResul
 
 def ingest_items(store: Any, items: list[Any], now: datetime | None = None) -> IngestResult:
     """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`)."""
-    if len(items) > max_records():
-        raise IngestError(413, f"{len(items)} records in one request; at most {max_records()} "
+    limit = max_records()
+    if len(items) > limit:
+        raise IngestError(413, f"{len(items)} records in one request; at most {limit} "
                                "(FLEETCAST_MAX_RECORDS): split the batch")
     result = validate_items(items, now=now)
     result.stored = store.upsert(result.rows)

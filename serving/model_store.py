@@ -17,7 +17,6 @@ A service that loaded its model from a store keeps watching the tag (:func:`curr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,12 @@ from bentoml.exceptions import NotFound
 
 from models import config
 from models.tft import Forecaster
+from serving.settings import DEFAULT_MODEL_TAG, get_settings
 
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = config.MODEL_NAME  # "fleetcast-tft"
-DEFAULT_TAG = f"{BENTO_MODEL_NAME}:latest"
+DEFAULT_TAG = DEFAULT_MODEL_TAG
 CHECKPOINT_FILE = "forecaster.pt"
 
 
@@ -92,14 +92,14 @@ def _get(tag: str) -> bentoml.Model:
         return bentoml.models.get(tag)  # BentoML's own store (inside a Bento: the Bento's models)
 
 
-def pinned_path() -> str | None:
+def pinned_path() -> Path | None:
     """``FLEETCAST_MODEL_PATH`` when set: a checkpoint file the service loads instead of the store's tag."""
-    return os.environ.get("FLEETCAST_MODEL_PATH") or None
+    return get_settings().model_path
 
 
 def model_tag() -> str:
     """The tag the service serves: ``FLEETCAST_MODEL_TAG``, default ``fleetcast-tft:latest``."""
-    return os.environ.get("FLEETCAST_MODEL_TAG") or DEFAULT_TAG
+    return get_settings().model_tag
 
 
 def current_tag(tag: str | None = None) -> str | None:

@@ -58,7 +58,7 @@ def test_packaging_asset_imports_the_registry_champion(isolated_env: Path, tiny_
     run_id = registry.start_run({"preset": "tiny"})
     import mlflow
 
-    mlflow.set_tracking_uri(registry.tracking_uri_from_env())
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri())
     mlflow.MlflowClient().log_metric(run_id, "val_score", 1.25)
     mv = registry.log_and_register(run_id, tiny_checkpoint)
     registry.client().set_registered_model_alias(config.MODEL_NAME, config.CHAMPION_ALIAS, mv.version)
