@@ -22,7 +22,7 @@ import pandas as pd
 
 from models import schema, simulator
 from serving.background import Periodic
-from serving.ingest import ingest_items
+from serving.ingest import ingest_items, max_records
 from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,18 @@ class DemoFleet:
         return max(now, pd.Timestamp(last)) if last is not None else now
 
     def _ingest(self, frame: pd.DataFrame) -> int:
-        result = ingest_items(self.store, frame_to_items(frame), now=self.fleet.now.to_pydatetime())
-        if result.errors:
-            logger.warning("demo fleet: %d records rejected, first: %s", len(result.errors), result.errors[0])
+        """Ingest ``frame`` in requests of at most ``FLEETCAST_MAX_RECORDS``, as a shipper would (a large
+        fleet's 24 h of history is more than one request may carry)."""
+        items = frame_to_items(frame)
+        limit, now, stored = max_records(), self.fleet.now.to_pydatetime(), 0
+        for start in range(0, len(items), limit):
+            result = ingest_items(self.store, items[start:start + limit], now=now)
+            if result.errors:
+                logger.warning("demo fleet: %d records rejected, first: %s", len(result.errors), result.errors[0])
+            stored += len(result.rows)
         if self.on_ingest is not None:
-            self.on_ingest(len(result.rows))
-        return len(result.rows)
+            self.on_ingest(stored)
+        return stored
 
     def seed_history(self) -> int:
         """Write the fleet's 24 h of history (idempotent: upserts)."""
