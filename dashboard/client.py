@@ -2,16 +2,13 @@
 
 One refresh is one :class:`Snapshot`: a GET each of ``/health``, ``/predictions?include_history=true``,
 ``/alerts`` and ``/scenario``, issued concurrently, answered or failed together. Every request that
-leaves this process goes through :class:`FleetcastClient` and is counted in :data:`REQUEST_COUNTER`, so
-a test (AppTest runs the app in-process) can prove that a dropdown or a tab makes no request at all.
+leaves this process goes through :class:`FleetcastClient` (User-Agent ``fleetcast-dashboard``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,39 +29,6 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
     "alerts": ("/alerts", {}),
     "scenario": ("/scenario", {}),
 }
-
-
-class RequestCounter:
-    """Thread-safe tally of requests sent, by ``METHOD path``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_route: Counter[str] = Counter()
-
-    def record(self, request: httpx.Request) -> None:
-        with self._lock:
-            self._by_route[f"{request.method} {request.url.path}"] += 1
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._by_route.values())
-
-    def by_route(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._by_route)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._by_route.clear()
-
-
-REQUEST_COUNTER = RequestCounter()
-
-
-def request_count() -> int:
-    """How many HTTP requests this process has sent to the service so far."""
-    return REQUEST_COUNTER.total
 
 
 class ServiceError(Exception):
@@ -144,7 +108,6 @@ class FleetcastClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=min(5.0, read_timeout)),
-            event_hooks={"request": [REQUEST_COUNTER.record]},
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "fleetcast-dashboard"},
         )

@@ -20,8 +20,6 @@ SNAPSHOT_KEY = "fleetcast_snapshot"
 FETCHED_AT_KEY = "fleetcast_fetched_monotonic"
 HEATMAP_KEY = "fleetcast_heatmap"  # what the heatmap shows: metric, servers (row order), columns, shape
 FLASH_KEY = "fleetcast_flash"
-RUN_MS_KEY = "fleetcast_run_ms"  # server-side milliseconds of the last full script run
-HEATMAP_MS_KEY = "fleetcast_heatmap_ms"  # server-side milliseconds of the last heatmap section run
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -7,7 +7,6 @@ Streamlit fragments, so using them reruns that section alone.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +23,7 @@ from dashboard.data import (
     metric_label,
     severity_counts,
 )
-from dashboard.session import FLASH_KEY, HEATMAP_KEY, HEATMAP_MS_KEY, get_client, request_refresh
+from dashboard.session import FLASH_KEY, HEATMAP_KEY, get_client, request_refresh
 from dashboard.thresholds import thresholds_for
 from models.schema import METRICS, PROFILES, to_utc_naive
 
@@ -105,7 +104,6 @@ def render_overview(snap: Snapshot) -> None:
 # --- heatmap ----------------------------------------------------------------------------------------
 @st.fragment
 def render_heatmap(snap: Snapshot) -> None:
-    started = time.perf_counter()
     fleet = snap.fleet
     left, right = st.columns([2, 3], vertical_alignment="bottom")
     metric = left.selectbox("Metric", METRICS, format_func=metric_label, key="heatmap_metric")
@@ -134,7 +132,6 @@ def render_heatmap(snap: Snapshot) -> None:
             charts.heatmap_spec(matrix),
             width="stretch",
         )
-    st.session_state[HEATMAP_MS_KEY] = (time.perf_counter() - started) * 1000
 
 
 # --- server detail ----------------------------------------------------------------------------------

@@ -8,13 +8,12 @@ All data dirs are git-ignored.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from models.settings import PROJECT_ROOT, get_settings
 
 __all__ = ["PROJECT_ROOT", "MODEL_NAME", "CHAMPION_ALIAS", "EXPERIMENT_NAME", "data_dir", "mlflow_tracking_uri",
-           "mlflow_artifact_root", "bentoml_home", "dagster_home", "store_url", "datasets_dir", "free_port"]
+           "mlflow_artifact_root", "bentoml_home", "dagster_home", "store_url", "datasets_dir"]
 
 MODEL_NAME = "fleetcast-tft"
 CHAMPION_ALIAS = "champion"
@@ -56,9 +55,3 @@ def store_url() -> str:
 def datasets_dir() -> Path:
     return _subdir("datasets")
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (tests, benchmarks, the dashboard stand-in)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -10,6 +10,12 @@
 - BentoML reads ``BENTOML_HOME`` once per process, at its first store access, so the test session
   gets one temporary ``BENTOML_HOME`` (set in :func:`pytest_configure`, before anything touches
   BentoML) and ``isolated_env`` empties its model store instead of moving it.
+- ``asgi_app`` (session): the service's ASGI app (``Fleetcast.to_asgi()``), built once per process
+  (BentoML registers its Prometheus metrics per build); each lifespan starts a fresh service instance
+  that reads the environment anew. The service tests run it with Starlette's TestClient, the dashboard's
+  stand-in (``fleetcast_testkit.standin``) under uvicorn.
+- Test helpers tests import directly live in ``tests/support/fleetcast_testkit`` (on ``sys.path`` via
+  pytest's ``pythonpath``): ``free_port``, the dashboard's request tally, the stand-in service.
 - ``nab_traces`` (session): the real AWS CloudWatch CPU traces (NAB, 5-minute, MIT) in
   ``../shared/data/nab`` beside the checkout (``FLEETCAST_NAB_DIR`` points elsewhere), and
   ``nab_records``: a function turning one trace into fleet records (data nobody here wrote).
@@ -85,6 +91,13 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("FLEETCAST_STORE_URL", f"sqlite:///{tmp_path / 'feed.db'}")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def asgi_app() -> object:
+    from fleetcast_testkit.standin import build_asgi_app
+
+    return build_asgi_app()
 
 
 @pytest.fixture(scope="session")

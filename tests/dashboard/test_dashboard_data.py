@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fleetcast_testkit.standin import predictions_answer
 
 from dashboard import charts
 from dashboard.data import (
@@ -13,7 +14,6 @@ from dashboard.data import (
     filter_alerts,
     severity_counts,
 )
-from dashboard.standin import synthetic_fleet
 from dashboard.thresholds import thresholds_for
 from models.alerts import thresholds_for as rule_thresholds
 from models.schema import HORIZON_STEPS, METRICS
@@ -72,7 +72,7 @@ def test_heatmap_with_actuals_prepends_the_last_8_hours() -> None:
 
 
 def test_heatmap_of_a_larger_fleet_matches_the_answer() -> None:
-    body, _ = synthetic_fleet(40)
+    body = predictions_answer(40)
     fleet = FleetData.from_response(body)
     matrix = fleet.heatmap("disk_percent")
     assert list(matrix.servers) == [p["server_name"] for p in body["predictions"]]
@@ -112,7 +112,7 @@ def test_alerts_table_most_severe_and_soonest_first_and_filters() -> None:
 
 
 def test_heatmap_spec_keeps_row_order_and_scales_colours() -> None:
-    body, _ = synthetic_fleet(5)
+    body = predictions_answer(5)
     fleet = FleetData.from_response(body)
     spec = charts.heatmap_spec(fleet.heatmap("cpu_percent"))
     assert spec["encoding"]["y"]["sort"] is None  # rows in data order: most at risk on top
@@ -136,7 +136,7 @@ def test_detail_spec_draws_the_rule_thresholds() -> None:
 
 
 def test_server_frames_join_history_and_forecast() -> None:
-    body, _ = synthetic_fleet(3)
+    body = predictions_answer(3)
     fleet = FleetData.from_response(body)
     name = fleet.servers[0]
     hist, fc = fleet.server_frames(name, "cpu_percent")

@@ -55,15 +55,6 @@ def service_env(isolated_env: Path, tiny_checkpoint: Path, monkeypatch: pytest.M
     return isolated_env
 
 
-@pytest.fixture(scope="session")
-def asgi_app() -> Any:
-    """The service's ASGI app, built once per process (BentoML registers Prometheus metrics per build);
-    each TestClient lifespan creates a fresh service instance that reads the environment anew."""
-    from serving.service import Fleetcast
-
-    return Fleetcast.to_asgi()
-
-
 @pytest.fixture
 def make_client(service_env: Path, asgi_app: Any) -> Iterator[Callable[[], TestClient]]:
     """Start the real BentoML service in-process (lifespan and all) with the environment set so far.
