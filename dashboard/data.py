@@ -305,6 +305,19 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+def thresholds_of(prediction: dict[str, Any] | None, metric: str) -> list[tuple[str, float]]:
+    """``[(name, value), …]``, lowest first: the alert thresholds the service applies to this server's
+    ``metric`` (the ``thresholds`` of its ``/predictions`` entry); [] when the service sent none."""
+    found = ((prediction or {}).get("thresholds") or {}).get(metric) or {}
+    pairs = []
+    for name, value in found.items():
+        try:
+            pairs.append((str(name), float(value)))
+        except (TypeError, ValueError):
+            continue
+    return sorted(pairs, key=lambda item: item[1])
+
+
 ALERT_COLUMNS: tuple[str, ...] = (
     "severity",
     "server_name",

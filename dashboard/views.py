@@ -22,9 +22,9 @@ from dashboard.data import (
     filter_alerts,
     metric_label,
     severity_counts,
+    thresholds_of,
 )
 from dashboard.session import FLASH_KEY, HEATMAP_KEY, get_client, request_refresh
-from dashboard.thresholds import thresholds_for
 from models.schema import METRICS, PROFILES, to_utc_naive
 
 # coloured dots in Streamlit markdown: no emoji font needed (headless browsers often have none)
@@ -167,7 +167,7 @@ def render_server_detail(snap: Snapshot) -> None:
             now, later = current.get(metric), predicted.get(metric)
             st.vega_lite_chart(
                 frame,
-                charts.detail_spec(metric, origin_ts, thresholds_for(metric, pred.get("profile"))),
+                charts.detail_spec(metric, origin_ts, thresholds_of(pred, metric)),
                 width="stretch",
                 key=f"detail_{metric}",
             )

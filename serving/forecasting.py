@@ -71,8 +71,19 @@ def _history_block(history: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One element of GET /predictions (with ``history``) from a forecast and its server's history."""
+def rule_thresholds(config: alert_rules.AlertConfig, profile: str | None) -> dict[str, dict[str, float]]:
+    """``{metric: {"warning": w, "critical": c}}``: the thresholds ``config`` applies to a server of ``profile``."""
+    return {rule.metric: config.thresholds(rule, profile) for rule in config.rules}
+
+
+def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]],
+                thresholds: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """One element of GET /predictions (with ``history``) from a forecast and its server's history.
+
+    ``thresholds``: the alert thresholds the service applies to this server (:func:`rule_thresholds`),
+    so a client draws the same lines the alerts are raised on (default: the rules in force now)."""
+    if thresholds is None:
+        thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
     current = {m: round(float(last[m]), 2) for m in schema.METRICS}
     current["timestamp"] = iso(last[schema.TIMESTAMP])
@@ -89,6 +100,7 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
         "predicted": predicted,
         "confidence": confidence(fc.quantiles, fc.history_steps, fc.seen_in_training),
         "risk_level": alert_rules.risk_level(server_alerts),
+        "thresholds": thresholds,
         "seen_in_training": bool(fc.seen_in_training),
         "history_steps": int(fc.history_steps),
         "forecast": forecast,
@@ -142,13 +154,16 @@ class PredictionEngine:
             now = utcnow()
             by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
             entries: dict[str, dict[str, Any]] = {}
+            thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
             for name, fc in forecasts.items():
                 h = by_server[name]
                 current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
                 server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
                                                               fc.origin, current, self.alert_config)
                 self.alerts.update(name, server_alerts, now)
-                entries[name] = build_entry(fc, h, server_alerts)
+                if fc.profile not in thresholds:
+                    thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
+                entries[name] = build_entry(fc, h, server_alerts, thresholds[fc.profile])
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
                 self.alerts.update(name, [], now)

@@ -49,8 +49,9 @@ class LiveService:
 
 @pytest.fixture
 def make_standin(asgi_app: object) -> Callable[..., StandinService]:
-    def make(n_servers: int = 6, demo_fleet: bool = True, port: int = 0) -> StandinService:
-        return StandinService(asgi_app, n_servers=n_servers, demo_fleet=demo_fleet, port=port)
+    def make(n_servers: int = 6, demo_fleet: bool = True, port: int = 0,
+             env: dict[str, str] | None = None) -> StandinService:
+        return StandinService(asgi_app, n_servers=n_servers, demo_fleet=demo_fleet, port=port, env=env)
 
     return make
 

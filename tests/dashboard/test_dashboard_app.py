@@ -8,6 +8,7 @@ with the tiny model, its demo fleet and one server fed over POST /feed/data).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from fleetcast_testkit import RequestTally, free_port
 from fleetcast_testkit.standin import StandinService
 from streamlit.testing.v1 import AppTest
 
-from dashboard.data import RISK_LEVELS
+from dashboard.data import RISK_LEVELS, metric_label
 from dashboard.session import FETCHED_AT_KEY, HEATMAP_KEY
 from models.schema import METRICS
 
@@ -138,6 +139,24 @@ def test_demo_controls_set_a_scenario_with_one_post(
     assert scenario["servers"] == [target] and scenario["duration_hours"] == 6
     assert any("memory_leak" in s.value for s in at.success)
     assert any("Active scenario: **memory_leak**" in i.value for i in at.info)
+
+
+def test_detail_charts_draw_the_thresholds_of_the_service_not_a_local_copy(
+    app_env: Callable[[str], None], make_standin: Callable[..., StandinService], tmp_path: Path
+) -> None:
+    rules = tmp_path / "alerts.yaml"  # a service started with other alert rules than models/alerts.yaml
+    rules.write_text("rules:\n"
+                     "  - {alert_type: cpu_spike_predicted, metric: cpu_percent, warning: 41.0, critical: 42.0}\n")
+    with make_standin(n_servers=3, env={"FLEETCAST_ALERTS_FILE": str(rules)}) as service:
+        app_env(service.url)
+        at = _run_app()
+    specs = {spec["title"]["text"]: spec for spec in
+             (json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")) if "title" in spec}
+    lines = [layer for layer in specs[metric_label("cpu_percent")]["layer"] if layer["mark"]["type"] == "rule"
+             and "threshold" in str(layer["encoding"])]
+    assert [v["threshold"] for v in lines[0]["data"]["values"]] == [41.0, 42.0]
+    memory = specs[metric_label("memory_percent")]["layer"]  # no memory rule in that file: no lines
+    assert not [layer for layer in memory if "threshold" in str(layer["encoding"])]
 
 
 def test_demo_controls_explain_when_the_demo_fleet_is_off(

@@ -13,8 +13,8 @@ from dashboard.data import (
     alerts_frame,
     filter_alerts,
     severity_counts,
+    thresholds_of,
 )
-from dashboard.thresholds import thresholds_for
 from models.alerts import thresholds_for as rule_thresholds
 from models.schema import HORIZON_STEPS, METRICS
 
@@ -125,11 +125,14 @@ def test_heatmap_spec_keeps_row_order_and_scales_colours() -> None:
     assert charts.row_px(10) == 20 and charts.row_px(1000) == 3
 
 
-def test_detail_spec_draws_the_rule_thresholds() -> None:
-    rules = thresholds_for("load_average", "database")
+def test_detail_spec_draws_the_thresholds_the_service_sends() -> None:
+    body = predictions_answer(8)  # the service's own answer: each entry carries its server's thresholds
+    database = next(p for p in body["predictions"] if p["profile"] == "database")
+    rules = thresholds_of(database, "load_average")
     assert rules == sorted(rule_thresholds("load_average", "database").items(), key=lambda kv: kv[1])
     spec = charts.detail_spec("load_average", "2025-10-12T21:40:00", rules)
-    assert thresholds_for("gpu_percent", "database") == []  # no rule: nothing drawn, no error
+    assert thresholds_of(database, "gpu_percent") == []  # no rule: nothing drawn, no error
+    assert thresholds_of({"server_name": "old-service"}, "cpu_percent") == []  # an answer without thresholds
     marks = [layer["mark"]["type"] for layer in spec["layer"]]
     assert marks == ["area", "line", "line", "rule", "rule"]
     assert [v["threshold"] for v in spec["layer"][3]["data"]["values"]] == [v for _, v in rules]

@@ -132,8 +132,9 @@ class StandinService:
     """
 
     def __init__(self, asgi_app: Any, n_servers: int = 6, demo_fleet: bool = True, port: int = 0,
-                 forecaster: Any = None) -> None:
+                 forecaster: Any = None, env: dict[str, str] | None = None) -> None:
         self.n_servers = n_servers
+        self.extra_env = dict(env or {})  # more service settings, e.g. FLEETCAST_ALERTS_FILE
         self.demo_fleet = demo_fleet
         self.port = port or free_port()
         self.forecaster = forecaster or SyntheticForecaster()
@@ -172,6 +173,7 @@ class StandinService:
             "FLEETCAST_RATE_LIMIT_PER_SECOND": "0",
             "FLEETCAST_API_TOKEN": "",
             "FLEETCAST_MODEL_PATH": "",
+            **self.extra_env,
         }
 
     def start(self) -> StandinService:
