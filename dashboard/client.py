@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from dashboard.data import FleetData, alerts_frame
+from dashboard.data import FleetForecasts, alerts_frame
 from dashboard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ class Snapshot:
         return self.health is None and self.predictions is None
 
     @cached_property
-    def fleet(self) -> FleetData:
-        return FleetData.from_response(self.predictions)
+    def fleet(self) -> FleetForecasts:
+        return FleetForecasts.from_response(self.predictions)
 
     @cached_property
     def alerts_table(self) -> pd.DataFrame:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def frame_to_items(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Simulator records -> wire-like dicts (ISO timestamps), as a shipper would post them."""
     out = frame[list(schema.COLUMNS)].copy()
-    out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    out[schema.TIMESTAMP] = schema.iso_many(out[schema.TIMESTAMP])
     return out.to_dict(orient="records")
 
 

@@ -29,19 +29,8 @@ from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-def iso(ts: Any) -> str:
-    """ISO 8601 UTC without offset, to the second."""
-    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
-
-
-def iso_many(values: Any) -> list[str]:
-    """Vectorised :func:`iso` for an array/index/Series of timestamps."""
-    arr = np.asarray(values, dtype="datetime64[s]")
-    return np.datetime_as_string(arr, unit="s").tolist()
 
 
 def _r(values: np.ndarray) -> list[float]:
@@ -66,7 +55,7 @@ def confidence(quantiles: dict[str, np.ndarray], history_steps: int, seen_in_tra
 
 def _history_block(history: pd.DataFrame) -> dict[str, Any]:
     return {
-        "timestamps": iso_many(history[schema.TIMESTAMP].to_numpy()),
+        "timestamps": schema.iso_many(history[schema.TIMESTAMP].to_numpy()),
         **{m: _r(history[m].to_numpy()) for m in schema.METRICS},
     }
 
@@ -86,10 +75,10 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
         thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
     current = {m: round(float(last[m]), 2) for m in schema.METRICS}
-    current["timestamp"] = iso(last[schema.TIMESTAMP])
+    current["timestamp"] = schema.iso(last[schema.TIMESTAMP])
     predicted = {m: round(float(fc.quantiles[m][-1, 1]), 2) for m in schema.METRICS}
-    predicted["timestamp"] = iso(fc.timestamps[-1])
-    forecast: dict[str, Any] = {"timestamps": iso_many(fc.timestamps.to_numpy())}
+    predicted["timestamp"] = schema.iso(fc.timestamps[-1])
+    forecast: dict[str, Any] = {"timestamps": schema.iso_many(fc.timestamps.to_numpy())}
     for m in schema.METRICS:
         q = fc.quantiles[m]
         forecast[m] = {"p10": _r(q[:, 0]), "p50": _r(q[:, 1]), "p90": _r(q[:, 2])}
@@ -197,7 +186,7 @@ class PredictionEngine:
             self._entries.update(entries)
             self._fragments.update(fragments)
             self._full.update(full)
-            self.batch_time = iso(now)
+            self.batch_time = schema.iso(now)
             order = sorted(self._entries.values(), key=_sort_key)
             names = [e["server_name"] for e in order]
             self._order = names

@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models import simulator
+from models import schema, simulator
 from serving import demo_fleet as demo
 from serving import ingest, model_store, security
 from serving.background import Periodic
-from serving.forecasting import PredictionEngine, iso
+from serving.forecasting import PredictionEngine
 from serving.settings import get_settings
 from serving.store import FeedStore
 
@@ -166,7 +166,7 @@ class ServiceRuntime:
             "model": {k: self.model_info.get(k) for k in ("name", "version", "run_id", "source")},
             "servers_tracked": engine.servers_tracked if engine else 0,
             "records_stored": self.store.count(),
-            "last_feed_time": iso(last_feed) if last_feed is not None else None,
+            "last_feed_time": schema.iso(last_feed) if last_feed is not None else None,
             "demo_fleet": self.demo is not None,
             "error": self.model_error or (engine.last_error if engine else None),
         }

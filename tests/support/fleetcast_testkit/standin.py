@@ -198,10 +198,10 @@ class StandinService:
                     os.environ[key] = value
         with httpx.Client(base_url=self.url, timeout=300) as http:
             if not self.demo_fleet and self.n_servers:
+                from serving.demo_fleet import frame_to_items
+
                 history = simulator.LiveFleet(servers=simulator.default_servers(self.n_servers), seed=0).history()
-                items = json.loads(history.assign(**{schema.TIMESTAMP: history[schema.TIMESTAMP].dt.strftime(
-                    "%Y-%m-%dT%H:%M:%S")}).to_json(orient="records"))
-                http.post("/feed/data", json={"records": items}).raise_for_status()
+                http.post("/feed/data", json={"records": frame_to_items(history)}).raise_for_status()
             http.get("/predictions").raise_for_status()  # the first batch, before anyone counts
         self.app.counts.reset()
         return self
