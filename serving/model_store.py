@@ -33,12 +33,11 @@ from bentoml.exceptions import NotFound
 
 from models import config
 from models.tft import Forecaster
-from serving.settings import DEFAULT_MODEL_TAG, get_settings
+from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = config.MODEL_NAME  # "fleetcast-tft"
-DEFAULT_TAG = DEFAULT_MODEL_TAG
 CHECKPOINT_FILE = "forecaster.pt"
 
 

@@ -20,10 +20,6 @@ from serving.settings import ServiceSettings, get_settings
 _MAX_CLIENTS = 100_000
 
 
-def api_token() -> str | None:
-    return get_settings().api_token
-
-
 def bearer_ok(authorization: str | None, token: str | None) -> bool:
     """True when no token is configured, or ``authorization`` is ``Bearer <token>`` (constant-time)."""
     if not token:
