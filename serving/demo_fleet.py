@@ -22,7 +22,7 @@ import pandas as pd
 
 from models import schema, simulator
 from serving.background import Periodic
-from serving.ingest import ingest_items, max_records
+from serving.ingest import Limits, ingest_items
 from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ class DemoFleet:
         """Ingest ``frame`` in requests of at most ``FLEETCAST_MAX_RECORDS``, as a shipper would (a large
         fleet's 24 h of history is more than one request may carry)."""
         items = frame_to_items(frame)
-        limit, now, stored = max_records(), self.fleet.now.to_pydatetime(), 0
+        limit, now, stored = Limits.now().records, self.fleet.now.to_pydatetime(), 0
         for start in range(0, len(items), limit):
-            result = ingest_items(self.store, items[start:start + limit], now=now)
+            result = ingest_items(self.store, items[start:start + limit], now=now, max_records=limit)
             if result.errors:
                 logger.warning("demo fleet: %d records rejected, first: %s", len(result.errors), result.errors[0])
             stored += len(result.rows)

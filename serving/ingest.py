@@ -24,7 +24,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pydantic import ValidationError
@@ -50,14 +50,17 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def max_body_bytes() -> int:
-    """``FLEETCAST_MAX_BODY_BYTES``, read per request."""
-    return get_settings().max_body_bytes
+class Limits(NamedTuple):
+    """The request caps, read from the settings once per request (``FLEETCAST_MAX_BODY_BYTES``,
+    ``FLEETCAST_MAX_RECORDS``)."""
 
+    body_bytes: int
+    records: int
 
-def max_records() -> int:
-    """``FLEETCAST_MAX_RECORDS``, read per request."""
-    return get_settings().max_records
+    @classmethod
+    def now(cls) -> Limits:
+        s = get_settings()
+        return cls(s.max_body_bytes, s.max_records)
 
 
 class IngestError(Exception):
@@ -238,9 +241,11 @@ def validate_items(items: list[Any], now: datetime | None = None) -> IngestResul
     return result
 
 
-def ingest_items(store: Any, items: list[Any], now: datetime | None = None) -> IngestResult:
-    """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`)."""
-    limit = max_records()
+def ingest_items(store: Any, items: list[Any], now: datetime | None = None,
+                 max_records: int | None = None) -> IngestResult:
+    """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`);
+    413 for more than ``max_records`` (default: ``FLEETCAST_MAX_RECORDS``)."""
+    limit = max_records if max_records is not None else Limits.now().records
     if len(items) > limit:
         raise IngestError(413, f"{len(items)} records in one request; at most {limit} "
                                "(FLEETCAST_MAX_RECORDS): split the batch")

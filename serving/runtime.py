@@ -126,11 +126,13 @@ class ServiceRuntime:
         return None
 
     # --- endpoints -----------------------------------------------------------------------------------
-    def feed(self, body: bytes, content_type: str | None, content_encoding: str | None) -> Answer:
+    def feed(self, body: bytes, content_type: str | None, content_encoding: str | None,
+             limits: ingest.Limits | None = None) -> Answer:
+        limits = limits or ingest.Limits.now()
         try:
-            data = ingest.decode_body(body, content_encoding, ingest.max_body_bytes())
+            data = ingest.decode_body(body, content_encoding, limits.body_bytes)
             items = ingest.parse_body(data, content_type)
-            result = ingest.ingest_items(self.store, items)
+            result = ingest.ingest_items(self.store, items, max_records=limits.records)
         except ingest.IngestError as exc:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())

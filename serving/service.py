@@ -83,11 +83,12 @@ class Fleetcast:
     @app.post("/feed/data")
     async def feed_data(self, request: Request) -> Response:
         denied = self.runtime.guard(request.headers.get("authorization"), _client(request))
-        body = denied or await _read_body(request, ingest.max_body_bytes())
+        limits = ingest.Limits.now()
+        body = denied or await _read_body(request, limits.body_bytes)
         if isinstance(body, Answer):
             return _respond(body)
         answer = await run_in_threadpool(self.runtime.feed, body, request.headers.get("content-type"),
-                                         request.headers.get("content-encoding"))
+                                         request.headers.get("content-encoding"), limits)
         return _respond(answer)
 
     @app.get("/predictions")
