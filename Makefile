@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from local disk first: a bare torch requirement would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# everything: the service's dependencies plus the pipeline, dashboard and dev extras (pyproject.toml)
+	$(BIN)/pip install -q -e '.[all]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,27 +6,20 @@ refresh (FLEETCAST_DASHBOARD_REFRESH_SECONDS, default 30 s); see docs/dashboard.
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from dashboard import views
-from dashboard.client import refresh_seconds
-from dashboard.session import RUN_MS_KEY, current_snapshot, make_auto_refresh, request_refresh
+from dashboard.session import current_snapshot, make_auto_refresh, request_refresh
+from dashboard.settings import get_settings
 
 
 def main() -> None:
-    started = time.perf_counter()
     st.set_page_config(page_title="fleetcast", page_icon="📈", layout="wide")
-    try:
-        render()
-    finally:
-        # server-side time of this full run, for the benchmark and for curious operators
-        st.session_state[RUN_MS_KEY] = (time.perf_counter() - started) * 1000
+    render()
 
 
 def render() -> None:
-    period = refresh_seconds()
+    period = get_settings().refresh_seconds
     snap = current_snapshot()
 
     title, button = st.columns([6, 1], vertical_alignment="bottom")

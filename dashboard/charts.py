@@ -111,7 +111,7 @@ def detail_spec(
 ) -> dict[str, Any]:
     """History, P50 and the P10–P90 band of one metric, with threshold rules and a 'now' rule.
 
-    Expects the data frame of :func:`dashboard.data.FleetData.server_frames` merged on ``time``
+    Expects the data frame of :func:`dashboard.data.FleetForecasts.server_frames` merged on ``time``
     (columns ``time, actual, p10, p50, p90``), passed to Streamlit as the chart's data.
     """
     label = metric_label(metric)

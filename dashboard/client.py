@@ -2,17 +2,13 @@
 
 One refresh is one :class:`Snapshot`: a GET each of ``/health``, ``/predictions?include_history=true``,
 ``/alerts`` and ``/scenario``, issued concurrently, answered or failed together. Every request that
-leaves this process goes through :class:`FleetcastClient` and is counted in :data:`REQUEST_COUNTER`, so
-a test (AppTest runs the app in-process) can prove that a dropdown or a tab makes no request at all.
+leaves this process goes through :class:`FleetcastClient` (User-Agent ``fleetcast-dashboard``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,52 +18,17 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from dashboard.data import FleetData, alerts_frame
-from models.config import api_url
+from dashboard.data import FleetForecasts, alerts_frame
+from dashboard.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFRESH_SECONDS = 30.0
-DEFAULT_TIMEOUT_SECONDS = 30.0
 ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
     "health": ("/health", {}),
     "predictions": ("/predictions", {"include_history": "true"}),
     "alerts": ("/alerts", {}),
     "scenario": ("/scenario", {}),
 }
-
-
-class RequestCounter:
-    """Thread-safe tally of requests sent, by ``METHOD path``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_route: Counter[str] = Counter()
-
-    def record(self, request: httpx.Request) -> None:
-        with self._lock:
-            self._by_route[f"{request.method} {request.url.path}"] += 1
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._by_route.values())
-
-    def by_route(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._by_route)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._by_route.clear()
-
-
-REQUEST_COUNTER = RequestCounter()
-
-
-def request_count() -> int:
-    """How many HTTP requests this process has sent to the service so far."""
-    return REQUEST_COUNTER.total
 
 
 class ServiceError(Exception):
@@ -81,23 +42,6 @@ class ServiceError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.status is None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not a number", name, raw)
-        return default
-    return value if value > 0 else default
-
-
-def refresh_seconds() -> float:
-    """Auto-refresh period, from FLEETCAST_DASHBOARD_REFRESH_SECONDS (default 30)."""
-    return _env_float("FLEETCAST_DASHBOARD_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -130,8 +74,8 @@ class Snapshot:
         return self.health is None and self.predictions is None
 
     @cached_property
-    def fleet(self) -> FleetData:
-        return FleetData.from_response(self.predictions)
+    def fleet(self) -> FleetForecasts:
+        return FleetForecasts.from_response(self.predictions)
 
     @cached_property
     def alerts_table(self) -> pd.DataFrame:
@@ -148,7 +92,7 @@ class Snapshot:
 
 
 class FleetcastClient:
-    """Talks to the service at ``base_url`` (default: ``models.config.api_url()``)."""
+    """Talks to the service at ``base_url`` (default: ``FLEETCAST_API_URL``, see ``dashboard/settings.py``)."""
 
     def __init__(
         self,
@@ -157,13 +101,13 @@ class FleetcastClient:
         token: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = (base_url or api_url()).rstrip("/")
-        self.token = token if token is not None else os.environ.get("FLEETCAST_API_TOKEN") or None
-        read_timeout = timeout or _env_float("FLEETCAST_API_TIMEOUT", DEFAULT_TIMEOUT_SECONDS)
+        settings = get_settings()
+        self.base_url = (base_url or settings.api_url).rstrip("/")
+        self.token = token if token is not None else settings.api_token
+        read_timeout = timeout or settings.api_timeout
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=min(5.0, read_timeout)),
-            event_hooks={"request": [REQUEST_COUNTER.record]},
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "fleetcast-dashboard"},
         )

@@ -1,6 +1,6 @@
 """Pure data shaping for the dashboard: JSON from the service in, numpy matrices and small frames out.
 
-Nothing here imports Streamlit or does I/O, so it is tested directly. A :class:`FleetData` is built once
+Nothing here imports Streamlit or does I/O, so it is tested directly. A :class:`FleetForecasts` is built once
 per refresh from the ``/predictions`` answer; everything derived from it (forecast matrices, the heatmap
 matrix per metric, the long frame the chart draws) is computed at most once per refresh and memoised on
 the object, so a rerun caused by a dropdown or a filter only looks results up.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from models import alerts as alert_rules
-from models.schema import HORIZON_STEPS, METRIC_LABELS, METRICS, STEPS_PER_HOUR, to_utc_naive
+from models.schema import HORIZON_STEPS, METRIC_LABELS, METRICS, STEPS_PER_HOUR, iso_many, to_utc_naive
 
 # the levels are the alert rules' (models.alerts, ascending there), most urgent first here
 RISK_LEVELS: tuple[str, ...] = tuple(reversed(alert_rules.RISK_LEVELS))
@@ -113,8 +113,9 @@ class HeatmapMatrix:
 
 
 @dataclass
-class FleetData:
-    """The fleet as one ``/predictions`` answer describes it, sorted most-at-risk first."""
+class FleetForecasts:
+    """The fleet's forecasts as one ``/predictions`` answer gives them, sorted most-at-risk first (the
+    dashboard's view; the simulated dataset is ``models.simulator.FleetData``)."""
 
     predictions: list[dict[str, Any]]
     timestamp: str | None = None
@@ -122,7 +123,7 @@ class FleetData:
     _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_response(cls, body: dict[str, Any] | None) -> FleetData:
+    def from_response(cls, body: dict[str, Any] | None) -> FleetForecasts:
         body = body or {}
         preds = [p for p in body.get("predictions") or [] if isinstance(p, dict) and p.get("server_name")]
         # The service sorts by risk then name; a stable sort on risk alone keeps its order within a level.
@@ -265,7 +266,7 @@ class FleetData:
         def build() -> pd.DataFrame:
             hist, fc = self.server_frames(server, metric)
             frame = pd.concat([hist, fc], ignore_index=True)
-            frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+            frame["time"] = iso_many(frame["time"])
             return frame
 
         return self._cached(("detail", server, metric), build)
@@ -303,6 +304,19 @@ def _check_metric(metric: str) -> None:
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
+
+
+def thresholds_of(prediction: dict[str, Any] | None, metric: str) -> list[tuple[str, float]]:
+    """``[(name, value), …]``, lowest first: the alert thresholds the service applies to this server's
+    ``metric`` (the ``thresholds`` of its ``/predictions`` entry); [] when the service sent none."""
+    found = ((prediction or {}).get("thresholds") or {}).get(metric) or {}
+    pairs = []
+    for name, value in found.items():
+        try:
+            pairs.append((str(name), float(value)))
+        except (TypeError, ValueError):
+            continue
+    return sorted(pairs, key=lambda item: item[1])
 
 
 ALERT_COLUMNS: tuple[str, ...] = (

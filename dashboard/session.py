@@ -13,15 +13,13 @@ import time
 import streamlit as st
 
 from dashboard.client import FleetcastClient, Snapshot
-from models.config import api_url
+from dashboard.settings import get_settings
 
 TICK_KEY = "fleetcast_tick"
 SNAPSHOT_KEY = "fleetcast_snapshot"
 FETCHED_AT_KEY = "fleetcast_fetched_monotonic"
 HEATMAP_KEY = "fleetcast_heatmap"  # what the heatmap shows: metric, servers (row order), columns, shape
 FLASH_KEY = "fleetcast_flash"
-RUN_MS_KEY = "fleetcast_run_ms"  # server-side milliseconds of the last full script run
-HEATMAP_MS_KEY = "fleetcast_heatmap_ms"  # server-side milliseconds of the last heatmap section run
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -37,7 +35,7 @@ def request_refresh() -> None:
 
 def current_snapshot() -> Snapshot:
     """The snapshot of the current tick, fetched now if this tick has none yet."""
-    base_url = api_url()
+    base_url = get_settings().api_url
     tick = st.session_state.setdefault(TICK_KEY, 0)
     key = (base_url, tick)
     cached = st.session_state.get(SNAPSHOT_KEY)

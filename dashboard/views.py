@@ -7,7 +7,6 @@ Streamlit fragments, so using them reruns that section alone.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +22,9 @@ from dashboard.data import (
     filter_alerts,
     metric_label,
     severity_counts,
+    thresholds_of,
 )
-from dashboard.session import FLASH_KEY, HEATMAP_KEY, HEATMAP_MS_KEY, get_client, request_refresh
-from dashboard.thresholds import thresholds_for
+from dashboard.session import FLASH_KEY, HEATMAP_KEY, get_client, request_refresh
 from models.schema import METRICS, PROFILES, to_utc_naive
 
 # coloured dots in Streamlit markdown: no emoji font needed (headless browsers often have none)
@@ -105,7 +104,6 @@ def render_overview(snap: Snapshot) -> None:
 # --- heatmap ----------------------------------------------------------------------------------------
 @st.fragment
 def render_heatmap(snap: Snapshot) -> None:
-    started = time.perf_counter()
     fleet = snap.fleet
     left, right = st.columns([2, 3], vertical_alignment="bottom")
     metric = left.selectbox("Metric", METRICS, format_func=metric_label, key="heatmap_metric")
@@ -134,7 +132,6 @@ def render_heatmap(snap: Snapshot) -> None:
             charts.heatmap_spec(matrix),
             width="stretch",
         )
-    st.session_state[HEATMAP_MS_KEY] = (time.perf_counter() - started) * 1000
 
 
 # --- server detail ----------------------------------------------------------------------------------
@@ -170,7 +167,7 @@ def render_server_detail(snap: Snapshot) -> None:
             now, later = current.get(metric), predicted.get(metric)
             st.vega_lite_chart(
                 frame,
-                charts.detail_spec(metric, origin_ts, thresholds_for(metric, pred.get("profile"))),
+                charts.detail_spec(metric, origin_ts, thresholds_of(pred, metric)),
                 width="stretch",
                 key=f"detail_{metric}",
             )

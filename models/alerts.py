@@ -19,7 +19,6 @@ horizon with a chance of at least ``min_probability`` (YAML). Then
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +30,7 @@ import pandas as pd
 import yaml
 
 from models import schema
+from models.settings import get_settings
 
 ALERTS_FILE = Path(__file__).with_name("alerts.yaml")
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")  # ascending
@@ -63,7 +63,7 @@ class AlertConfig:
 
 
 def _alerts_path() -> Path:
-    return Path(os.environ.get("FLEETCAST_ALERTS_FILE", ALERTS_FILE))
+    return get_settings().alerts_file
 
 
 def parse_config(data: Mapping[str, Any]) -> AlertConfig:

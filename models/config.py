@@ -1,32 +1,27 @@
-"""Embedded defaults for where fleetcast keeps its state, each overridable by environment.
+"""Where fleetcast keeps its state, resolved: the settings of ``models.settings`` with their embedded
+defaults under the data dir, and the directories created on first use. Also the names fleetcast gives
+its model in MLflow and BentoML.
 
-| setting              | environment variable  | default                                   |
-|----------------------|-----------------------|-------------------------------------------|
-| data dir             | FLEETCAST_DATA_DIR    | <project root>/data                       |
-| MLflow tracking URI  | MLFLOW_TRACKING_URI   | sqlite:///<data dir>/mlflow/mlflow.db     |
-| MLflow artifacts     | FLEETCAST_MLFLOW_ARTIFACTS | <data dir>/mlflow/artifacts          |
-| BentoML home         | BENTOML_HOME          | <data dir>/bentoml                        |
-| Dagster home         | DAGSTER_HOME          | <data dir>/dagster                        |
-| feed store URL       | FLEETCAST_STORE_URL   | sqlite:///<data dir>/feed/feed.db         |
-| service base URL     | FLEETCAST_API_URL     | http://localhost:8000                     |
-
+Every variable, its default and what it does: the settings table in docs/operations.md.
 All data dirs are git-ignored.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from models.settings import PROJECT_ROOT, get_settings
+
+__all__ = ["PROJECT_ROOT", "MODEL_NAME", "CHAMPION_ALIAS", "EXPERIMENT_NAME", "data_dir", "mlflow_tracking_uri",
+           "mlflow_artifact_root", "bentoml_home", "dagster_home", "store_url", "datasets_dir"]
+
 MODEL_NAME = "fleetcast-tft"
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "fleetcast-tft"
 
 
 def data_dir() -> Path:
-    path = Path(os.environ.get("FLEETCAST_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+    path = get_settings().data_dir.resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -38,41 +33,25 @@ def _subdir(name: str) -> Path:
 
 
 def mlflow_tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{_subdir('mlflow') / 'mlflow.db'}"
+    return get_settings().mlflow_tracking_uri or f"sqlite:///{_subdir('mlflow') / 'mlflow.db'}"
 
 
 def mlflow_artifact_root() -> Path:
-    return Path(os.environ.get("FLEETCAST_MLFLOW_ARTIFACTS", _subdir("mlflow") / "artifacts"))
+    return get_settings().mlflow_artifacts or _subdir("mlflow") / "artifacts"
 
 
 def bentoml_home() -> Path:
-    return Path(os.environ.get("BENTOML_HOME", _subdir("bentoml")))
+    return get_settings().bentoml_home or _subdir("bentoml")
 
 
 def dagster_home() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME", _subdir("dagster")))
+    return get_settings().dagster_home or _subdir("dagster")
 
 
 def store_url() -> str:
-    url = os.environ.get("FLEETCAST_STORE_URL")
-    if url:
-        return url
-    return f"sqlite:///{_subdir('feed') / 'feed.db'}"
-
-
-def api_url() -> str:
-    return os.environ.get("FLEETCAST_API_URL", "http://localhost:8000").rstrip("/")
+    return get_settings().store_url or f"sqlite:///{_subdir('feed') / 'feed.db'}"
 
 
 def datasets_dir() -> Path:
     return _subdir("datasets")
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (tests, benchmarks, the dashboard stand-in)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -96,6 +97,20 @@ def normalize_profile(profile: str | None) -> tuple[str, bool]:
     if profile in PROFILES:
         return profile, True
     return DEFAULT_PROFILE, False
+
+
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"  # how timestamps go on the wire: UTC, no offset, to the second
+
+
+def iso(ts: Any) -> str:
+    """A timestamp as the API writes it: ISO 8601 UTC without offset, to the second."""
+    return pd.Timestamp(ts).strftime(ISO_FORMAT)
+
+
+def iso_many(values: Any) -> list[str]:
+    """Vectorised :func:`iso` for an array, index or Series of (tz-naive UTC) timestamps."""
+    arr = np.asarray(values, dtype="datetime64[s]")
+    return np.datetime_as_string(arr, unit="s").tolist()
 
 
 def to_utc_naive(value: Any) -> datetime:

@@ -14,7 +14,6 @@ made against the fleet's own simulated clock (the only difference from HTTP reco
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,29 +22,15 @@ import pandas as pd
 
 from models import schema, simulator
 from serving.background import Periodic
-from serving.ingest import ingest_items
+from serving.ingest import Limits, ingest_items
+from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEP_SECONDS = 2.0
-
-
-def enabled() -> bool:
-    return os.environ.get("FLEETCAST_DEMO_FLEET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def n_servers() -> int:
-    return int(os.environ.get("FLEETCAST_DEMO_SERVERS", schema.DEFAULT_SERVERS))
-
-
-def step_seconds() -> float:
-    return float(os.environ.get("FLEETCAST_DEMO_STEP_SECONDS", DEFAULT_STEP_SECONDS))
-
 
 def frame_to_items(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Simulator records -> wire-like dicts (ISO timestamps), as a shipper would post them."""
     out = frame[list(schema.COLUMNS)].copy()
-    out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    out[schema.TIMESTAMP] = schema.iso_many(out[schema.TIMESTAMP])
     return out.to_dict(orient="records")
 
 
@@ -55,9 +40,10 @@ class DemoFleet:
     def __init__(self, store: Any, servers: list[tuple[str, str]] | None = None, seed: int = 0,
                  step_seconds_: float | None = None, on_ingest: Callable[[int], None] | None = None) -> None:
         self.store = store
-        servers = servers or simulator.default_servers(n_servers())
+        settings = get_settings()
+        servers = servers or simulator.default_servers(settings.demo_servers)
         self.fleet = simulator.LiveFleet(servers=servers, seed=seed, start=self._resume_at(store, servers))
-        self.step_seconds = step_seconds() if step_seconds_ is None else step_seconds_
+        self.step_seconds = settings.demo_step_seconds if step_seconds_ is None else step_seconds_
         self.on_ingest = on_ingest
         self.steps_emitted = 0
         self._lock = threading.Lock()
@@ -75,12 +61,18 @@ class DemoFleet:
         return max(now, pd.Timestamp(last)) if last is not None else now
 
     def _ingest(self, frame: pd.DataFrame) -> int:
-        result = ingest_items(self.store, frame_to_items(frame), now=self.fleet.now.to_pydatetime())
-        if result.errors:
-            logger.warning("demo fleet: %d records rejected, first: %s", len(result.errors), result.errors[0])
+        """Ingest ``frame`` in requests of at most ``FLEETCAST_MAX_RECORDS``, as a shipper would (a large
+        fleet's 24 h of history is more than one request may carry)."""
+        items = frame_to_items(frame)
+        limit, now, stored = Limits.now().records, self.fleet.now.to_pydatetime(), 0
+        for start in range(0, len(items), limit):
+            result = ingest_items(self.store, items[start:start + limit], now=now, max_records=limit)
+            if result.errors:
+                logger.warning("demo fleet: %d records rejected, first: %s", len(result.errors), result.errors[0])
+            stored += len(result.rows)
         if self.on_ingest is not None:
-            self.on_ingest(len(result.rows))
-        return len(result.rows)
+            self.on_ingest(stored)
+        return stored
 
     def seed_history(self) -> int:
         """Write the fleet's 24 h of history (idempotent: upserts)."""

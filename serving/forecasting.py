@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from datetime import datetime
@@ -26,29 +25,12 @@ from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
 from serving.background import Periodic
+from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REFRESH_SECONDS = 5.0
-
-
-def refresh_seconds() -> float:
-    return float(os.environ.get("FLEETCAST_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS))
-
-
-def iso(ts: Any) -> str:
-    """ISO 8601 UTC without offset, to the second."""
-    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
-
-
-def iso_many(values: Any) -> list[str]:
-    """Vectorised :func:`iso` for an array/index/Series of timestamps."""
-    arr = np.asarray(values, dtype="datetime64[s]")
-    return np.datetime_as_string(arr, unit="s").tolist()
 
 
 def _r(values: np.ndarray) -> list[float]:
@@ -73,19 +55,30 @@ def confidence(quantiles: dict[str, np.ndarray], history_steps: int, seen_in_tra
 
 def _history_block(history: pd.DataFrame) -> dict[str, Any]:
     return {
-        "timestamps": iso_many(history[schema.TIMESTAMP].to_numpy()),
+        "timestamps": schema.iso_many(history[schema.TIMESTAMP].to_numpy()),
         **{m: _r(history[m].to_numpy()) for m in schema.METRICS},
     }
 
 
-def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One element of GET /predictions (with ``history``) from a forecast and its server's history."""
+def rule_thresholds(config: alert_rules.AlertConfig, profile: str | None) -> dict[str, dict[str, float]]:
+    """``{metric: {"warning": w, "critical": c}}``: the thresholds ``config`` applies to a server of ``profile``."""
+    return {rule.metric: config.thresholds(rule, profile) for rule in config.rules}
+
+
+def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]],
+                thresholds: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """One element of GET /predictions (with ``history``) from a forecast and its server's history.
+
+    ``thresholds``: the alert thresholds the service applies to this server (:func:`rule_thresholds`),
+    so a client draws the same lines the alerts are raised on (default: the rules in force now)."""
+    if thresholds is None:
+        thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
     current = {m: round(float(last[m]), 2) for m in schema.METRICS}
-    current["timestamp"] = iso(last[schema.TIMESTAMP])
+    current["timestamp"] = schema.iso(last[schema.TIMESTAMP])
     predicted = {m: round(float(fc.quantiles[m][-1, 1]), 2) for m in schema.METRICS}
-    predicted["timestamp"] = iso(fc.timestamps[-1])
-    forecast: dict[str, Any] = {"timestamps": iso_many(fc.timestamps.to_numpy())}
+    predicted["timestamp"] = schema.iso(fc.timestamps[-1])
+    forecast: dict[str, Any] = {"timestamps": schema.iso_many(fc.timestamps.to_numpy())}
     for m in schema.METRICS:
         q = fc.quantiles[m]
         forecast[m] = {"p10": _r(q[:, 0]), "p50": _r(q[:, 1]), "p90": _r(q[:, 2])}
@@ -96,6 +89,7 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
         "predicted": predicted,
         "confidence": confidence(fc.quantiles, fc.history_steps, fc.seen_in_training),
         "risk_level": alert_rules.risk_level(server_alerts),
+        "thresholds": thresholds,
         "seen_in_training": bool(fc.seen_in_training),
         "history_steps": int(fc.history_steps),
         "forecast": forecast,
@@ -149,13 +143,16 @@ class PredictionEngine:
             now = utcnow()
             by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
             entries: dict[str, dict[str, Any]] = {}
+            thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
             for name, fc in forecasts.items():
                 h = by_server[name]
                 current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
                 server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
                                                               fc.origin, current, self.alert_config)
                 self.alerts.update(name, server_alerts, now)
-                entries[name] = build_entry(fc, h, server_alerts)
+                if fc.profile not in thresholds:
+                    thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
+                entries[name] = build_entry(fc, h, server_alerts, thresholds[fc.profile])
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
                 self.alerts.update(name, [], now)
@@ -189,7 +186,7 @@ class PredictionEngine:
             self._entries.update(entries)
             self._fragments.update(fragments)
             self._full.update(full)
-            self.batch_time = iso(now)
+            self.batch_time = schema.iso(now)
             order = sorted(self._entries.values(), key=_sort_key)
             names = [e["server_name"] for e in order]
             self._order = names
@@ -250,7 +247,7 @@ class PredictionEngine:
         self.last_error = f"{type(exc).__name__}: {exc}"
 
     def start(self, interval: float | None = None) -> None:
-        self._refresher.start(interval or refresh_seconds())
+        self._refresher.start(interval or get_settings().refresh_seconds)
 
     def stop(self) -> None:
         self._refresher.stop()

@@ -21,20 +21,18 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pydantic import ValidationError
 
 from models import schema
+from serving.settings import get_settings
 
 MAX_FUTURE = timedelta(minutes=10)
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_RECORDS = 50_000
 
 JSON_TYPES = ("application/json", "text/json")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
@@ -52,12 +50,17 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def max_body_bytes() -> int:
-    return int(os.environ.get("FLEETCAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+class Limits(NamedTuple):
+    """The request caps, read from the settings once per request (``FLEETCAST_MAX_BODY_BYTES``,
+    ``FLEETCAST_MAX_RECORDS``)."""
 
+    body_bytes: int
+    records: int
 
-def max_records() -> int:
-    return int(os.environ.get("FLEETCAST_MAX_RECORDS", DEFAULT_MAX_RECORDS))
+    @classmethod
+    def now(cls) -> Limits:
+        s = get_settings()
+        return cls(s.max_body_bytes, s.max_records)
 
 
 class IngestError(Exception):
@@ -238,10 +241,13 @@ def validate_items(items: list[Any], now: datetime | None = None) -> IngestResul
     return result
 
 
-def ingest_items(store: Any, items: list[Any], now: datetime | None = None) -> IngestResult:
-    """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`)."""
-    if len(items) > max_records():
-        raise IngestError(413, f"{len(items)} records in one request; at most {max_records()} "
+def ingest_items(store: Any, items: list[Any], now: datetime | None = None,
+                 max_records: int | None = None) -> IngestResult:
+    """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`);
+    413 for more than ``max_records`` (default: ``FLEETCAST_MAX_RECORDS``)."""
+    limit = max_records if max_records is not None else Limits.now().records
+    if len(items) > limit:
+        raise IngestError(413, f"{len(items)} records in one request; at most {limit} "
                                "(FLEETCAST_MAX_RECORDS): split the batch")
     result = validate_items(items, now=now)
     result.stored = store.upsert(result.rows)

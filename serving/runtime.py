@@ -8,7 +8,6 @@ onto its methods in a few lines each.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,22 +15,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models import simulator
+from models import schema, simulator
 from serving import demo_fleet as demo
 from serving import ingest, model_store, security
 from serving.background import Periodic
-from serving.forecasting import PredictionEngine, iso
+from serving.forecasting import PredictionEngine
+from serving.settings import get_settings
 from serving.store import FeedStore
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL_POLL_SECONDS = 30.0
-
-
-def model_poll_seconds() -> float:
-    """How often the service looks for a newly packaged model (``FLEETCAST_MODEL_POLL_SECONDS``; 0: never)."""
-    return float(os.environ.get("FLEETCAST_MODEL_POLL_SECONDS", DEFAULT_MODEL_POLL_SECONDS))
-
 
 @dataclass
 class Answer:
@@ -58,9 +50,10 @@ class ServiceRuntime:
     def __init__(self, store: FeedStore | None = None, load_model: bool = True,
                  demo_fleet: bool | None = None) -> None:
         self.started = time.monotonic()
+        self.settings = settings = get_settings()  # as when this runtime started (body caps: per request)
         self.store = store or FeedStore()
-        self.limiter = security.limiter_from_env()
-        self.token = security.api_token()
+        self.limiter = security.limiter_from_settings(settings)
+        self.token = settings.api_token
         self.model_info: dict[str, Any] = {"name": model_store.BENTO_MODEL_NAME, "version": None,
                                            "run_id": None, "source": None}
         self.model_error: str | None = None
@@ -73,12 +66,12 @@ class ServiceRuntime:
             except Exception as exc:  # serve the feed anyway; /health says degraded and why
                 self.model_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("no model loaded")
-        use_demo = demo.enabled() if demo_fleet is None else demo_fleet
+        use_demo = settings.demo_fleet if demo_fleet is None else demo_fleet
         self.demo: demo.DemoFleet | None = demo.DemoFleet(self.store) if use_demo else None
         # a model from the store follows its tag (a new champion is served without a restart); a file does not
         self._swap_lock = threading.Lock()
         self._watcher = Periodic(self.reload_model, name="fleetcast-model-watch") if (
-            load_model and model_store.pinned_path() is None) else None
+            load_model and settings.model_path is None) else None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +79,7 @@ class ServiceRuntime:
             self.demo.start()
         if self.engine is not None:
             self.engine.start()
-        poll = model_poll_seconds()
+        poll = self.settings.model_poll_seconds
         if self._watcher is not None and poll > 0:
             self._watcher.start(poll)
 
@@ -133,11 +126,13 @@ class ServiceRuntime:
         return None
 
     # --- endpoints -----------------------------------------------------------------------------------
-    def feed(self, body: bytes, content_type: str | None, content_encoding: str | None) -> Answer:
+    def feed(self, body: bytes, content_type: str | None, content_encoding: str | None,
+             limits: ingest.Limits | None = None) -> Answer:
+        limits = limits or ingest.Limits.now()
         try:
-            data = ingest.decode_body(body, content_encoding, ingest.max_body_bytes())
+            data = ingest.decode_body(body, content_encoding, limits.body_bytes)
             items = ingest.parse_body(data, content_type)
-            result = ingest.ingest_items(self.store, items)
+            result = ingest.ingest_items(self.store, items, max_records=limits.records)
         except ingest.IngestError as exc:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())
@@ -173,7 +168,7 @@ class ServiceRuntime:
             "model": {k: self.model_info.get(k) for k in ("name", "version", "run_id", "source")},
             "servers_tracked": engine.servers_tracked if engine else 0,
             "records_stored": self.store.count(),
-            "last_feed_time": iso(last_feed) if last_feed is not None else None,
+            "last_feed_time": schema.iso(last_feed) if last_feed is not None else None,
             "demo_fleet": self.demo is not None,
             "error": self.model_error or (engine.last_error if engine else None),
         }

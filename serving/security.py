@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 
-DEFAULT_RATE = 20.0
-DEFAULT_BURST = 60.0
+from serving.settings import ServiceSettings, get_settings
+
 _MAX_CLIENTS = 100_000
-
-
-def api_token() -> str | None:
-    return os.environ.get("FLEETCAST_API_TOKEN") or None
 
 
 def bearer_ok(authorization: str | None, token: str | None) -> bool:
@@ -71,6 +66,6 @@ class RateLimiter:
         return str(max(1, math.ceil(wait)))
 
 
-def limiter_from_env() -> RateLimiter:
-    return RateLimiter(float(os.environ.get("FLEETCAST_RATE_LIMIT_PER_SECOND", DEFAULT_RATE)),
-                       float(os.environ.get("FLEETCAST_RATE_LIMIT_BURST", DEFAULT_BURST)))
+def limiter_from_settings(settings: ServiceSettings | None = None) -> RateLimiter:
+    s = settings or get_settings()
+    return RateLimiter(s.rate_limit_per_second, s.rate_limit_burst)

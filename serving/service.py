@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving import ingest
+from serving import ingest, model_store
 from serving.runtime import Answer, ServiceRuntime, error
 
 app = FastAPI(
@@ -62,7 +62,15 @@ async def _read_body(request: Request, limit: int) -> bytes | Answer:
 )
 @bentoml.asgi_app(app, path="/")
 class Fleetcast:
-    """Loads the model once (``fleetcast-tft:latest`` from BentoML's model store), starts the refresh."""
+    """Loads the model (``fleetcast-tft:latest`` from BentoML's model store), starts the refresh, and follows
+    the tag to each newly packaged champion (``serving/runtime.py``)."""
+
+    # The model served, declared so that `bentoml build` records it in the Bento (and `containerize`
+    # copies it in). Declared only when the store holds it: `bentoml serve` resolves declared models
+    # before it starts, and the service must also start without one (degraded until the pipeline
+    # packages a champion, which the runtime then picks up without a restart).
+    if model_store.has_model():
+        model = bentoml.models.BentoModel(model_store.model_tag())
 
     def __init__(self) -> None:
         self.runtime = ServiceRuntime()
@@ -75,11 +83,12 @@ class Fleetcast:
     @app.post("/feed/data")
     async def feed_data(self, request: Request) -> Response:
         denied = self.runtime.guard(request.headers.get("authorization"), _client(request))
-        body = denied or await _read_body(request, ingest.max_body_bytes())
+        limits = ingest.Limits.now()
+        body = denied or await _read_body(request, limits.body_bytes)
         if isinstance(body, Answer):
             return _respond(body)
         answer = await run_in_threadpool(self.runtime.feed, body, request.headers.get("content-type"),
-                                         request.headers.get("content-encoding"))
+                                         request.headers.get("content-encoding"), limits)
         return _respond(answer)
 
     @app.get("/predictions")

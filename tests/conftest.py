@@ -5,8 +5,17 @@
 - ``tiny_checkpoint`` (session): ``Path`` of a TFT trained for a few seconds on ``tiny_experiment``'s
   training part (the ``tiny`` preset) and saved with ``Forecaster.save``; load it with
   ``Forecaster.from_checkpoint``. The held-out servers are not in its ``training_servers``.
-- ``isolated_env`` (function): every state location (data dir, MLflow, BentoML, Dagster, feed
-  store) points into ``tmp_path``; returns ``tmp_path``.
+- ``isolated_env`` (function): every state location (data dir, MLflow, Dagster, feed store) points
+  into ``tmp_path``, and BentoML's model store starts empty; returns ``tmp_path``.
+- BentoML reads ``BENTOML_HOME`` once per process, at its first store access, so the test session
+  gets one temporary ``BENTOML_HOME`` (set in :func:`pytest_configure`, before anything touches
+  BentoML) and ``isolated_env`` empties its model store instead of moving it.
+- ``asgi_app`` (session): the service's ASGI app (``Fleetcast.to_asgi()``), built once per process
+  (BentoML registers its Prometheus metrics per build); each lifespan starts a fresh service instance
+  that reads the environment anew. The service tests run it with Starlette's TestClient, the dashboard's
+  stand-in (``fleetcast_testkit.standin``) under uvicorn.
+- Test helpers tests import directly live in ``tests/support/fleetcast_testkit`` (on ``sys.path`` via
+  pytest's ``pythonpath``): ``free_port``, the dashboard's request tally, the stand-in service.
 - ``nab_traces`` (session): the real AWS CloudWatch CPU traces (NAB, 5-minute, MIT) in
   ``../shared/data/nab`` beside the checkout (``FLEETCAST_NAB_DIR`` points elsewhere), and
   ``nab_records``: a function turning one trace into fleet records (data nobody here wrote).
@@ -15,6 +24,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +39,26 @@ NAB_DIR = Path(os.environ.get("FLEETCAST_NAB_DIR", config.PROJECT_ROOT.parent / 
 
 TINY_SERVERS = 8
 TINY_DAYS = 6
+_SESSION_BENTOML_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SESSION_BENTOML_HOME
+    _SESSION_BENTOML_HOME = Path(tempfile.mkdtemp(prefix="fleetcast-test-bentoml-"))
+    os.environ["BENTOML_HOME"] = str(_SESSION_BENTOML_HOME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_BENTOML_HOME is not None:
+        shutil.rmtree(_SESSION_BENTOML_HOME, ignore_errors=True)
+
+
+def empty_model_store() -> None:
+    """Delete every model in BentoML's (the session's) model store, through its public API."""
+    import bentoml
+
+    for model in bentoml.models.list():
+        bentoml.models.delete(model.tag)
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +86,18 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("FLEETCAST_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("FLEETCAST_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    monkeypatch.setenv("BENTOML_HOME", str(_SESSION_BENTOML_HOME))  # the one BentoML has read
+    empty_model_store()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("FLEETCAST_STORE_URL", f"sqlite:///{tmp_path / 'feed.db'}")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def asgi_app() -> object:
+    from fleetcast_testkit.standin import build_asgi_app
+
+    return build_asgi_app()
 
 
 @pytest.fixture(scope="session")

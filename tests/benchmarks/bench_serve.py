@@ -36,7 +36,10 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from models import config, features, schema, simulator, tft
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
+from fleetcast_testkit import free_port  # noqa: E402
+
+from models import config, features, schema, simulator, tft  # noqa: E402
 
 SIZES = (20, 1_000, 10_000)
 LIBRARY_BATCH = 64  # model.predict()'s default batch size
@@ -116,7 +119,7 @@ def serving(forecaster: tft.Forecaster) -> Iterator[httpx.Client]:
         env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
                    FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
                    FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5")
-        port = config.free_port()
+        port = free_port()
         log = (tmp_path / "serve.log").open("wb")
         proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.settings import get_settings as dashboard_settings
 from models import config
 from orchestration import cli
 
@@ -23,7 +24,7 @@ def test_defaults_live_in_the_data_dir(clean_env: Path) -> None:
     assert config.bentoml_home() == clean_env / "bentoml"
     assert config.dagster_home() == clean_env / "dagster"
     assert config.store_url() == f"sqlite:///{clean_env / 'feed' / 'feed.db'}"
-    assert config.api_url() == "http://localhost:8000"
+    assert dashboard_settings().api_url == "http://localhost:8000"
 
 
 def test_environment_overrides_every_default(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,7 +37,7 @@ def test_environment_overrides_every_default(clean_env: Path, monkeypatch: pytes
     assert config.bentoml_home() == clean_env / "b"
     assert config.dagster_home() == clean_env / "d"
     assert config.store_url() == "postgresql://fleet@db/fleet"
-    assert config.api_url() == "http://svc:9000"
+    assert dashboard_settings().api_url == "http://svc:9000"
 
 
 def test_cli_children_share_one_state(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

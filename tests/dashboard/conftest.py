@@ -1,7 +1,10 @@
 """Fixtures for the dashboard tests.
 
-- ``standin`` (function): :class:`dashboard.standin.StandinService`, canned answers of the agreed API
-  shape over real HTTP on a free port, counting requests. Unit level.
+- ``standin`` (function): :class:`fleetcast_testkit.standin.StandinService` with 12 servers: the real
+  service with a synthetic forecaster (no model) over real HTTP on a free port, counting the requests
+  it receives; ``make_standin(n_servers, demo_fleet=..., port=...)`` makes others (one at a time).
+- ``sent`` (function): the requests the dashboard's client sent from this process
+  (:func:`fleetcast_testkit.count_dashboard_requests`; AppTest runs the app in-process).
 - ``live_service`` (session): the REAL service, ``bentoml serve serving.service:Fleetcast`` in a
   subprocess on a free port, loading the ``tiny_checkpoint`` model, with its demo fleet on and one
   extra server fed through POST /feed/data; every bit of state in a temporary dir. Yields a
@@ -16,18 +19,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import streamlit as st
+from fleetcast_testkit import RequestTally, count_dashboard_requests, free_port
+from fleetcast_testkit.standin import StandinService
 
-from dashboard.client import REQUEST_COUNTER
-from dashboard.standin import StandinService
 from models import simulator
-from models.config import free_port
 from orchestration.cli import stop as stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,15 +48,29 @@ class LiveService:
 
 
 @pytest.fixture
-def standin() -> Iterator[StandinService]:
-    with StandinService(n_servers=12) as service:
+def make_standin(asgi_app: object) -> Callable[..., StandinService]:
+    def make(n_servers: int = 6, demo_fleet: bool = True, port: int = 0,
+             env: dict[str, str] | None = None) -> StandinService:
+        return StandinService(asgi_app, n_servers=n_servers, demo_fleet=demo_fleet, port=port, env=env)
+
+    return make
+
+
+@pytest.fixture
+def standin(make_standin: Callable[..., StandinService]) -> Iterator[StandinService]:
+    with make_standin(n_servers=12) as service:
         yield service
+
+
+@pytest.fixture
+def sent() -> Iterator[RequestTally]:
+    with count_dashboard_requests() as tally:
+        yield tally
 
 
 @pytest.fixture(autouse=True)
 def _fresh_dashboard_state() -> Iterator[None]:
-    """Each test starts with a clean request tally and no cached HTTP clients."""
-    REQUEST_COUNTER.reset()
+    """Each test starts with no cached HTTP clients."""
     st.cache_resource.clear()
     yield
     st.cache_resource.clear()

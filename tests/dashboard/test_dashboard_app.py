@@ -1,26 +1,26 @@
-"""The Streamlit app under ``streamlit.testing.v1.AppTest`` (in-process, so the client's request counter
-sees every request the app sends).
+"""The Streamlit app under ``streamlit.testing.v1.AppTest`` (in-process, so ``sent`` sees every request
+the app's client sends).
 
-Two backends: the counting stand-in (unit level: exact server-side request counts, the error paths) and
-the REAL service (``live_service``: ``bentoml serve`` with the tiny model, its demo fleet and one server
-fed over POST /feed/data).
+Two backends: the counting stand-in (the real service with a synthetic forecaster, in-process: exact
+server-side request counts, the error paths) and the REAL service (``live_service``: ``bentoml serve``
+with the tiny model, its demo fleet and one server fed over POST /feed/data).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fleetcast_testkit import RequestTally, free_port
+from fleetcast_testkit.standin import StandinService
 from streamlit.testing.v1 import AppTest
 
-from dashboard.client import REQUEST_COUNTER, request_count
-from dashboard.data import RISK_LEVELS
+from dashboard.data import RISK_LEVELS, metric_label
 from dashboard.session import FETCHED_AT_KEY, HEATMAP_KEY
-from dashboard.standin import StandinService
-from models.config import free_port
 from models.schema import METRICS
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -51,7 +51,7 @@ def _switch_every_metric_and_tab_control(at: AppTest) -> None:
     assert not at.exception
 
 
-# --- stand-in (unit level) --------------------------------------------------------------------------
+# --- stand-in: the service with a synthetic forecaster ----------------------------------------------
 def test_page_renders_overview_and_one_heatmap_row_per_server(
     standin: StandinService, app_env: Callable[[str], None]
 ) -> None:
@@ -73,14 +73,14 @@ def test_page_renders_overview_and_one_heatmap_row_per_server(
 
 
 def test_switching_metric_filters_and_server_sends_no_request(
-    standin: StandinService, app_env: Callable[[str], None]
+    standin: StandinService, app_env: Callable[[str], None], sent: RequestTally
 ) -> None:
     app_env(standin.url)
     at = _run_app()
-    after_load_client, after_load_server = request_count(), standin.total
+    after_load_client, after_load_server = sent.total, standin.total
     assert after_load_client == after_load_server == 4
     _switch_every_metric_and_tab_control(at)
-    assert request_count() == after_load_client  # counted in this process: the app sent nothing
+    assert sent.total == after_load_client  # counted in this process: the app sent nothing
     assert standin.total == after_load_server  # counted by the server: it received nothing
 
 
@@ -100,7 +100,9 @@ def test_refresh_now_and_the_refresh_timer_fetch_exactly_once_each(
     assert standin.total == 12
 
 
-def test_unreachable_service_shows_an_error_and_retry_recovers(app_env: Callable[[str], None]) -> None:
+def test_unreachable_service_shows_an_error_and_retry_recovers(
+    app_env: Callable[[str], None], sent: RequestTally, make_standin: Callable[..., StandinService]
+) -> None:
     port = free_port()
     app_env(f"http://127.0.0.1:{port}")
     at = _run_app()
@@ -109,10 +111,10 @@ def test_unreachable_service_shows_an_error_and_retry_recovers(app_env: Callable
     assert "Cannot reach the fleetcast service" in at.error[0].value
     assert f"127.0.0.1:{port}" in at.error[0].value
     assert HEATMAP_KEY not in at.session_state
-    before = request_count()
+    before = sent.total
     at.run()  # a rerun while it is down does not hammer the service: the failed refresh is kept
-    assert request_count() == before
-    with StandinService(n_servers=5, port=port) as service:
+    assert sent.total == before
+    with make_standin(n_servers=5, port=port) as service:
         at.button(key="retry").click().run()
         assert not at.exception and not at.error
         assert service.total == 4
@@ -131,24 +133,47 @@ def test_demo_controls_set_a_scenario_with_one_post(
     next(b for b in at.button if b.label == "Set scenario").click().run()
     assert not at.exception
     assert standin.counts["POST /scenario/set"] == 1
-    assert standin.scenario["scenario"] == "memory_leak"
-    assert standin.scenario["servers"] == [target] and standin.scenario["duration_hours"] == 6
     assert standin.counts["GET /scenario"] == 2  # refetched once to show the new scenario
+    scenario = httpx.get(f"{standin.url}/scenario").json()  # what the service now runs
+    assert scenario["scenario"] == "memory_leak"
+    assert scenario["servers"] == [target] and scenario["duration_hours"] == 6
     assert any("memory_leak" in s.value for s in at.success)
     assert any("Active scenario: **memory_leak**" in i.value for i in at.info)
 
 
-def test_demo_controls_explain_when_the_demo_fleet_is_off(app_env: Callable[[str], None]) -> None:
-    with StandinService(n_servers=3, demo_fleet=False) as service:
+def test_detail_charts_draw_the_thresholds_of_the_service_not_a_local_copy(
+    app_env: Callable[[str], None], make_standin: Callable[..., StandinService], tmp_path: Path
+) -> None:
+    rules = tmp_path / "alerts.yaml"  # a service started with other alert rules than models/alerts.yaml
+    rules.write_text("rules:\n"
+                     "  - {alert_type: cpu_spike_predicted, metric: cpu_percent, warning: 41.0, critical: 42.0}\n")
+    with make_standin(n_servers=3, env={"FLEETCAST_ALERTS_FILE": str(rules)}) as service:
+        app_env(service.url)
+        at = _run_app()
+    specs = {spec["title"]["text"]: spec for spec in
+             (json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")) if "title" in spec}
+    lines = [layer for layer in specs[metric_label("cpu_percent")]["layer"] if layer["mark"]["type"] == "rule"
+             and "threshold" in str(layer["encoding"])]
+    assert [v["threshold"] for v in lines[0]["data"]["values"]] == [41.0, 42.0]
+    memory = specs[metric_label("memory_percent")]["layer"]  # no memory rule in that file: no lines
+    assert not [layer for layer in memory if "threshold" in str(layer["encoding"])]
+
+
+def test_demo_controls_explain_when_the_demo_fleet_is_off(
+    app_env: Callable[[str], None], make_standin: Callable[..., StandinService]
+) -> None:
+    with make_standin(n_servers=3, demo_fleet=False) as service:
         app_env(service.url)
         at = _run_app()
         assert any("demo fleet is off" in i.value for i in at.info)
         assert not [b for b in at.button if b.label == "Set scenario"]
 
 
-def test_partial_failure_warns_and_renders_the_rest(app_env: Callable[[str], None]) -> None:
-    with StandinService(n_servers=4) as service:
-        service._alerts = b"not json"  # /alerts breaks; the rest must still show
+def test_partial_failure_warns_and_renders_the_rest(
+    app_env: Callable[[str], None], make_standin: Callable[..., StandinService]
+) -> None:
+    with make_standin(n_servers=4) as service:
+        service.garble("/alerts")  # /alerts breaks; the rest must still show
         app_env(service.url)
         at = _run_app()
         assert any("alerts" in w.value for w in at.warning)
@@ -157,11 +182,13 @@ def test_partial_failure_warns_and_renders_the_rest(app_env: Callable[[str], Non
 
 # --- the real service -------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_real_service_page_and_heatmap_rows(live_service: Any, app_env: Callable[[str], None]) -> None:
+def test_real_service_page_and_heatmap_rows(
+    live_service: Any, app_env: Callable[[str], None], sent: RequestTally
+) -> None:
     app_env(live_service.url)
-    REQUEST_COUNTER.reset()
+    sent.reset()
     at = _run_app()
-    assert REQUEST_COUNTER.by_route() == GETS_PER_REFRESH
+    assert sent.by_route() == GETS_PER_REFRESH
     assert not at.error
     expected = [p["server_name"] for p in httpx.get(f"{live_service.url}/predictions").json()["predictions"]]
     heatmap = at.session_state[HEATMAP_KEY]
@@ -176,14 +203,14 @@ def test_real_service_page_and_heatmap_rows(live_service: Any, app_env: Callable
 
 @pytest.mark.slow
 def test_real_service_metric_switch_sends_no_request(
-    live_service: Any, app_env: Callable[[str], None]
+    live_service: Any, app_env: Callable[[str], None], sent: RequestTally
 ) -> None:
     app_env(live_service.url)
     at = _run_app()
     served = httpx.get(f"{live_service.url}/health").json()["predictions_served"]
-    before = request_count()
+    before = sent.total
     _switch_every_metric_and_tab_control(at)
-    assert request_count() == before
+    assert sent.total == before
     assert httpx.get(f"{live_service.url}/health").json()["predictions_served"] == served
 
 
@@ -223,8 +250,10 @@ def test_alert_filters_narrow_the_table(standin: StandinService, app_env: Callab
     assert shown and set(shown[-1]["server_name"]) == {a["server_name"] for a in both}
 
 
-def test_empty_fleet_says_how_to_get_data(app_env: Callable[[str], None]) -> None:
-    with StandinService(n_servers=0) as service:
+def test_empty_fleet_says_how_to_get_data(
+    app_env: Callable[[str], None], make_standin: Callable[..., StandinService]
+) -> None:
+    with make_standin(n_servers=0) as service:
         app_env(service.url)
         at = _run_app()
         assert any("no predictions yet" in i.value for i in at.info)

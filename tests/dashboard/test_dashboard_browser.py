@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fleetcast_testkit import free_port
 from playwright.sync_api import Page, sync_playwright
 
-from models.config import free_port
 from orchestration.cli import stop as stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,21 +1,23 @@
-"""The dashboard's HTTP client against the counting stand-in server (unit level, real HTTP)."""
+"""The dashboard's HTTP client against the stand-in (the service with a synthetic forecaster, real HTTP)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from fleetcast_testkit import RequestTally, free_port
+from fleetcast_testkit.standin import StandinService
 
-from dashboard.client import FleetcastClient, ServiceError, request_count
-from dashboard.standin import StandinService
-from models.config import free_port
+from dashboard.client import FleetcastClient, ServiceError
 
 
-def test_one_snapshot_is_exactly_four_gets(standin: StandinService) -> None:
+def test_one_snapshot_is_exactly_four_gets(standin: StandinService, sent: RequestTally) -> None:
     client = FleetcastClient(standin.url)
     snap = client.fetch_snapshot()
     assert snap.errors == {}
     assert not snap.unreachable
     assert dict(standin.counts) == {"GET /health": 1, "GET /predictions": 1, "GET /alerts": 1, "GET /scenario": 1}
-    assert request_count() == 4
+    assert sent.total == 4
     assert len(snap.fleet) == 12
     assert snap.fleet.has_history  # include_history=true was asked for
     assert snap.demo_fleet
@@ -30,19 +32,24 @@ def test_closed_port_is_unreachable_not_an_exception() -> None:
 
 def test_scenario_set_and_service_errors(standin: StandinService) -> None:
     client = FleetcastClient(standin.url)
-    answer = client.set_scenario("memory_leak", 6, ["srv-0001"])
-    assert answer == {"status": "success", "scenario": "memory_leak", "duration_hours": 6, "servers": ["srv-0001"]}
+    target = client.predictions(include_history=False)["predictions"][0]["server_name"]
+    answer = client.set_scenario("memory_leak", 6, [target])
+    assert answer == {"status": "success", "scenario": "memory_leak", "duration_hours": 6, "servers": [target]}
     assert client.scenario()["scenario"] == "memory_leak"
     with pytest.raises(ServiceError) as err:
         client.set_scenario("meteor_strike", 1)
     assert err.value.status == 422 and "meteor_strike" in str(err.value)
-    standin.demo_fleet = False
-    with pytest.raises(ServiceError) as err:
-        client.set_scenario("baseline", 1)
-    assert err.value.status == 409 and "demo fleet is off" in str(err.value)
     with pytest.raises(ServiceError) as err:
         client.get_json("/predictions/nope")
     assert err.value.status == 404 and not err.value.unreachable
+
+
+def test_scenario_set_without_a_demo_fleet_is_409(make_standin: Callable[..., StandinService]) -> None:
+    with make_standin(n_servers=2, demo_fleet=False) as service:
+        client = FleetcastClient(service.url)
+        with pytest.raises(ServiceError) as err:
+            client.set_scenario("baseline", 1)
+        assert err.value.status == 409 and "demo fleet is off" in str(err.value)
 
 
 def test_token_is_sent_on_writes_only(standin: StandinService, monkeypatch: pytest.MonkeyPatch) -> None:

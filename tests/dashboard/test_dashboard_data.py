@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fleetcast_testkit.standin import predictions_answer
 
 from dashboard import charts
 from dashboard.data import (
     RISK_LEVELS,
-    FleetData,
+    FleetForecasts,
     alerts_frame,
     filter_alerts,
     severity_counts,
+    thresholds_of,
 )
-from dashboard.standin import synthetic_fleet
-from dashboard.thresholds import thresholds_for
 from models.alerts import thresholds_for as rule_thresholds
 from models.schema import HORIZON_STEPS, METRICS
 
@@ -34,7 +34,7 @@ def _pred(name: str, risk: str, p50: list[float] | None = None, history: list[fl
 
 
 def test_servers_sorted_by_risk_keeping_service_order_within_a_level() -> None:
-    fleet = FleetData.from_response({"predictions": [
+    fleet = FleetForecasts.from_response({"predictions": [
         _pred("b-low", "low"), _pred("z-crit", "critical"), _pred("a-low", "low"), _pred("m-high", "high"),
     ]})
     assert fleet.servers == ("z-crit", "m-high", "b-low", "a-low")
@@ -43,7 +43,7 @@ def test_servers_sorted_by_risk_keeping_service_order_within_a_level() -> None:
 
 def test_heatmap_is_servers_by_half_hours_of_peak_p50() -> None:
     ramp = [float(i) for i in range(HORIZON_STEPS)]
-    fleet = FleetData.from_response({"predictions": [_pred("a", "high", ramp), _pred("b", "low")]})
+    fleet = FleetForecasts.from_response({"predictions": [_pred("a", "high", ramp), _pred("b", "low")]})
     matrix = fleet.heatmap("cpu_percent")
     assert matrix.shape == (2, 16)
     assert matrix.servers == ("a", "b")
@@ -59,7 +59,7 @@ def test_heatmap_is_servers_by_half_hours_of_peak_p50() -> None:
 
 def test_heatmap_with_actuals_prepends_the_last_8_hours() -> None:
     short = [50.0] * 30  # only 2.5 h of history: the older buckets stay empty
-    fleet = FleetData.from_response({"predictions": [_pred("a", "low", history=short)]})
+    fleet = FleetForecasts.from_response({"predictions": [_pred("a", "low", history=short)]})
     matrix = fleet.heatmap("memory_percent", include_actual=True)
     assert matrix.shape == (1, 32)
     assert matrix.kinds[:16] == ("actual",) * 16 and matrix.kinds[16:] == ("forecast",) * 16
@@ -72,8 +72,8 @@ def test_heatmap_with_actuals_prepends_the_last_8_hours() -> None:
 
 
 def test_heatmap_of_a_larger_fleet_matches_the_answer() -> None:
-    body, _ = synthetic_fleet(40)
-    fleet = FleetData.from_response(body)
+    body = predictions_answer(40)
+    fleet = FleetForecasts.from_response(body)
     matrix = fleet.heatmap("disk_percent")
     assert list(matrix.servers) == [p["server_name"] for p in body["predictions"]]
     expected = np.asarray([p["forecast"]["disk_percent"]["p50"] for p in body["predictions"]]).reshape(40, 16, 6)
@@ -82,7 +82,7 @@ def test_heatmap_of_a_larger_fleet_matches_the_answer() -> None:
 
 
 def test_unknown_metric_and_bad_bucket_are_refused() -> None:
-    fleet = FleetData.from_response({"predictions": [_pred("a", "low")]})
+    fleet = FleetForecasts.from_response({"predictions": [_pred("a", "low")]})
     with pytest.raises(ValueError, match="unknown metric 'gpu'"):
         fleet.heatmap("gpu")
     with pytest.raises(ValueError, match="must divide 96"):
@@ -90,7 +90,7 @@ def test_unknown_metric_and_bad_bucket_are_refused() -> None:
 
 
 def test_empty_answer_gives_an_empty_fleet() -> None:
-    fleet = FleetData.from_response({"predictions": []})
+    fleet = FleetForecasts.from_response({"predictions": []})
     assert len(fleet) == 0
     assert fleet.heatmap("cpu_percent").shape == (0, 16)
     assert fleet.heatmap_frame("cpu_percent").empty
@@ -112,8 +112,8 @@ def test_alerts_table_most_severe_and_soonest_first_and_filters() -> None:
 
 
 def test_heatmap_spec_keeps_row_order_and_scales_colours() -> None:
-    body, _ = synthetic_fleet(5)
-    fleet = FleetData.from_response(body)
+    body = predictions_answer(5)
+    fleet = FleetForecasts.from_response(body)
     spec = charts.heatmap_spec(fleet.heatmap("cpu_percent"))
     assert spec["encoding"]["y"]["sort"] is None  # rows in data order: most at risk on top
     assert spec["encoding"]["color"]["scale"]["domain"][-1] == 100.0
@@ -125,19 +125,22 @@ def test_heatmap_spec_keeps_row_order_and_scales_colours() -> None:
     assert charts.row_px(10) == 20 and charts.row_px(1000) == 3
 
 
-def test_detail_spec_draws_the_rule_thresholds() -> None:
-    rules = thresholds_for("load_average", "database")
+def test_detail_spec_draws_the_thresholds_the_service_sends() -> None:
+    body = predictions_answer(8)  # the service's own answer: each entry carries its server's thresholds
+    database = next(p for p in body["predictions"] if p["profile"] == "database")
+    rules = thresholds_of(database, "load_average")
     assert rules == sorted(rule_thresholds("load_average", "database").items(), key=lambda kv: kv[1])
     spec = charts.detail_spec("load_average", "2025-10-12T21:40:00", rules)
-    assert thresholds_for("gpu_percent", "database") == []  # no rule: nothing drawn, no error
+    assert thresholds_of(database, "gpu_percent") == []  # no rule: nothing drawn, no error
+    assert thresholds_of({"server_name": "old-service"}, "cpu_percent") == []  # an answer without thresholds
     marks = [layer["mark"]["type"] for layer in spec["layer"]]
     assert marks == ["area", "line", "line", "rule", "rule"]
     assert [v["threshold"] for v in spec["layer"][3]["data"]["values"]] == [v for _, v in rules]
 
 
 def test_server_frames_join_history_and_forecast() -> None:
-    body, _ = synthetic_fleet(3)
-    fleet = FleetData.from_response(body)
+    body = predictions_answer(3)
+    fleet = FleetForecasts.from_response(body)
     name = fleet.servers[0]
     hist, fc = fleet.server_frames(name, "cpu_percent")
     assert len(hist) == 288 and len(fc) == 96

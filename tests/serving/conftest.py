@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import bentoml
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
@@ -53,24 +52,7 @@ def service_env(isolated_env: Path, tiny_checkpoint: Path, monkeypatch: pytest.M
     monkeypatch.setenv("FLEETCAST_RATE_LIMIT_PER_SECOND", "0")
     monkeypatch.delenv("FLEETCAST_API_TOKEN", raising=False)
     monkeypatch.setenv("FLEETCAST_DEMO_FLEET", "0")
-    # BentoML's process-wide model store (the service's fallback) is fixed at its first use, i.e. in
-    # some earlier test's directory: keep every lookup in this test's store
-    from serving import model_store
-
-    def isolated_get(tag: str) -> Any:
-        return bentoml.models.get(tag, _model_store=model_store.model_store())
-
-    monkeypatch.setattr(model_store, "_get", isolated_get)
     return isolated_env
-
-
-@pytest.fixture(scope="session")
-def asgi_app() -> Any:
-    """The service's ASGI app, built once per process (BentoML registers Prometheus metrics per build);
-    each TestClient lifespan creates a fresh service instance that reads the environment anew."""
-    from serving.service import Fleetcast
-
-    return Fleetcast.to_asgi()
 
 
 @pytest.fixture

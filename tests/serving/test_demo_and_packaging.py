@@ -51,6 +51,21 @@ def test_scenario_changes_what_the_demo_fleet_emits(make_client: Any, h: Any,
     assert client.get("/scenario").json()["scenario"] == "baseline"
 
 
+def test_a_demo_fleet_larger_than_one_request_seeds_all_its_history(isolated_env: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.demo_fleet import DemoFleet
+    from serving.store import FeedStore
+
+    monkeypatch.setenv("FLEETCAST_MAX_RECORDS", "500")  # 3 servers x 288 steps = 864 records
+    store = FeedStore()
+    try:
+        fleet = DemoFleet(store, servers=[("web-01", "web_api"), ("db-01", "database"), ("ml-01", "ml_compute")])
+        assert fleet.seed_history() == 3 * 288
+        assert store.count() == 3 * 288
+    finally:
+        store.dispose()
+
+
 def test_packaging_asset_imports_the_registry_champion(isolated_env: Path, tiny_checkpoint: Path) -> None:
     from orchestration.assets.packaging import bento_model
     from serving import model_store

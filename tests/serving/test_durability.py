@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from fleetcast_testkit import free_port
 
 from models import config
 from serving.store import FeedStore
@@ -39,7 +40,7 @@ def hard_kill(proc: subprocess.Popen[bytes]) -> None:
 def bentoml_serve(log: Path, timeout: float = 180.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`bentoml serve` from the repository root (service named by pyproject's [tool.bentoml.build]),
     always stopped, with its workers, on exit."""
-    port = config.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     bentoml_cli = Path(sys.executable).with_name("bentoml")
     with log.open("ab") as out:

@@ -32,6 +32,8 @@ def assert_prediction_shape(p: dict[str, Any], with_history: bool) -> None:
         assert len(q["p10"]) == len(q["p50"]) == len(q["p90"]) == 96
         assert all(lo <= mid <= hi for lo, mid, hi in zip(q["p10"], q["p50"], q["p90"], strict=True))
         assert p["predicted"][m] == q["p50"][-1]
+    assert set(p["thresholds"]) == set(METRICS)  # every metric has a rule in models/alerts.yaml
+    assert all(t["warning"] < t["critical"] for t in p["thresholds"].values())
     assert ("history" in p) is with_history
     if with_history:
         assert 12 <= len(p["history"]["timestamps"]) <= 288
@@ -229,6 +231,37 @@ def test_bad_input_gets_its_status_and_message(client: Any, h: Any, monkeypatch:
     else:
         assert text in data["detail"], data
     assert client.get("/health").json()["records_stored"] == 0
+
+
+def test_predictions_carry_the_thresholds_of_the_alerts_file_in_force(make_client: Any, h: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLEETCAST_ALERTS_FILE elsewhere: each entry's thresholds (what the dashboard draws) and the alerts
+    follow that file, per profile."""
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text("""
+rules:
+  - {alert_type: cpu_spike_predicted, metric: cpu_percent, warning: 10.0, critical: 20.0}
+  - {alert_type: load_surge_predicted, metric: load_average, warning: 50.0, critical: 60.0}
+profiles:
+  database:
+    load_average: {warning: 70.0, critical: 80.0}
+""")
+    monkeypatch.setenv("FLEETCAST_ALERTS_FILE", str(rules))
+    client = make_client()
+    web = h.series_items("web-01", "web_api", {"cpu_percent": 30.0, "memory_percent": 40.0, "disk_percent": 40.0,
+                                               "load_average": 1.0})
+    db = h.series_items("db-01", "database", {"cpu_percent": 5.0, "memory_percent": 40.0, "disk_percent": 40.0,
+                                              "load_average": 1.0})
+    assert client.post("/feed/data", json=web + db).status_code == 200
+    web_p = h.wait_for(lambda: h.prediction_of(client, "web-01"))
+    db_p = h.wait_for(lambda: h.prediction_of(client, "db-01"))
+    assert web_p["thresholds"] == {"cpu_percent": {"warning": 10.0, "critical": 20.0},
+                                   "load_average": {"warning": 50.0, "critical": 60.0}}
+    assert db_p["thresholds"]["load_average"] == {"warning": 70.0, "critical": 80.0}
+    listed = {p["server_name"]: p for p in client.get("/predictions").json()["predictions"]}
+    assert listed["web-01"]["thresholds"] == web_p["thresholds"]
+    web_alerts = [a for a in client.get("/alerts").json()["alerts"] if a["server_name"] == "web-01"]
+    assert [(a["alert_type"], a["threshold"]) for a in web_alerts] == [("cpu_spike_predicted", 20.0)]
 
 
 def test_unknown_server_is_404(client: Any) -> None:
