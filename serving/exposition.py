@@ -1,8 +1,10 @@
 """Forecasts as Prometheus metrics: ``GET /metrics/forecasts`` (text exposition format 0.0.4).
 
 The series are worked out once per refresh from the engine's pre-computed entries (the same numbers as
-``GET /predictions``), per server; a scrape only renders them (``prometheus_client``, a custom collector
-over this snapshot), and the unfiltered rendering is cached until the next refresh.
+``GET /predictions``), for the servers refreshed; a scrape only renders them (``prometheus_client``, a
+collector over this snapshot). A server's rendered lines are kept until its next refresh, so a scrape
+renders only the servers refreshed since the last one, and the whole unfiltered answer is cached until
+the next refresh.
 
 - ``fleetcast_forecast{server, metric, quantile, horizon}``: the forecast at origin + horizon, quantile
   0.1/0.5/0.9, horizon 1h/4h/8h (not all 96 steps);
@@ -25,10 +27,12 @@ Per server at most 36 + 8 + 8 + 8 + 1 = 61 series (1,000 servers: about 61,000).
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (help, labels)
                                   ("server", "metric", "level")),
     "fleetcast_forecast_origin_timestamp_seconds": ("Time of the last observation the forecast starts from.",
                                                     ("server",)),
+    "fleetcast_forecast_batch_timestamp_seconds": ("When the latest forecast batch was computed.", ()),
 }
 
 
@@ -151,12 +156,51 @@ class _Families:
         yield from self.families
 
 
+def _generate(families: list[Any]) -> bytes:
+    # imported at first scrape, not with the service module (BentoML's workers set prometheus_client's
+    # multiprocess directory after importing the service; an early import would break BentoML's /metrics)
+    from prometheus_client.exposition import generate_latest
+
+    return generate_latest(_Families(families))  # type: ignore[arg-type]
+
+
+def _gauge(name: str, **kwargs: Any) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    doc, labels = FAMILIES[name]
+    return GaugeMetricFamily(name, doc, labels=list(labels) if labels else None, **kwargs)
+
+
+_HELP_LINE = re.compile(rb"(?m)^# HELP ")  # label values cannot start a line: newlines in them are escaped
+Fragments = dict[tuple[str, str | None], bytes]  # (family, metric or None) -> the server's sample lines
+
+
+def render_fragments(series: ServerSeries) -> Fragments:
+    """One server's sample lines, per family and metric, in the text format (prometheus_client renders them;
+    the headers it writes per family are cut, the scrape writes each family's once)."""
+    by_key: dict[tuple[str, str | None], Any] = {}
+    for name, layout in LAYOUT.items():
+        for metric in ([None] if layout == ((),) else schema.METRICS):
+            by_key[(name, metric)] = _gauge(name)
+        for values, value in series.samples(name):
+            by_key[(name, values[0] if values else None)].add_metric([series.server, *values], value)
+    keys, families = list(by_key), list(by_key.values())
+    chunks = _HELP_LINE.split(_generate(families))[1:]  # one per family: rest of HELP line, TYPE line, samples
+    assert len(chunks) == len(keys)
+    return {key: chunk.split(b"\n", 2)[2] for key, chunk in zip(keys, chunks, strict=True)}
+
+
 class ForecastExposition:
-    """The latest series of every server; :meth:`render` gives the exposition text. Thread-safe."""
+    """The latest series of every server; :meth:`render` gives the exposition text. Thread-safe.
+
+    Each server's sample lines are rendered once per refresh of that server, at the first scrape that
+    needs them, and kept; a scrape joins them under each family's header. The whole unfiltered answer is
+    cached until the next refresh."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._servers: dict[str, ServerSeries] = {}
+        self._fragments: dict[str, Fragments] = {}  # server -> its rendered lines, while its series hold
         self._model: dict[str, Any] = {}
         self._batch: float | None = None
         self._cache: bytes | None = None
@@ -167,8 +211,9 @@ class ForecastExposition:
         """After a refresh: the new entries' series replace their servers' (``dropped`` servers go)."""
         fresh = {s.server: s for s in fleet_series(entries)}
         with self._lock:
-            for name in dropped:
+            for name in [*dropped, *fresh]:
                 self._servers.pop(name, None)
+                self._fragments.pop(name, None)
             self._servers.update(fresh)
             self._model = {k: model_info.get(k) for k in ("name", "version", "run_id")}
             self._batch = _epoch(batch_time) if batch_time else None
@@ -185,36 +230,41 @@ class ForecastExposition:
         with self._lock:
             if whole and self._cache is not None:
                 return self._cache
-            servers = [s for name, s in sorted(self._servers.items()) if not server or name.startswith(server)]
+            names = sorted(n for n in self._servers if not server or n.startswith(server))
+            stale = [self._servers[n] for n in names if n not in self._fragments]
+            fragments = {n: self._fragments[n] for n in names if n in self._fragments}
             model, batch, version = dict(self._model), self._batch, self._version
-        text = self._generate(servers, metric, model, batch)
+        fresh = {s.server: render_fragments(s) for s in stale}  # outside the lock: scrapes never block a refresh
+        fragments.update(fresh)
+        with self._lock:
+            for s in stale:
+                if self._servers.get(s.server) is s:  # not refreshed meanwhile
+                    self._fragments[s.server] = fresh[s.server]
+        metrics = schema.METRICS if metric is None else (metric,)
+        out = []
+        for name, layout in LAYOUT.items():
+            out.append(_header(name))
+            wanted = [(name, None)] if layout == ((),) else [(name, m) for m in metrics]
+            out += [fragments[n][key] for n in names for key in wanted]
+        tail = []
+        if batch is not None:
+            tail.append(_gauge("fleetcast_forecast_batch_timestamp_seconds", value=batch))
+        if model:
+            from prometheus_client.core import InfoMetricFamily
+
+            info = InfoMetricFamily("fleetcast_model", "The model serving the forecasts.")
+            info.add_metric([], {k: "" if v is None else str(v) for k, v in model.items()})
+            tail.append(info)
+        out.append(_generate(tail))
+        text = b"".join(out)
         if whole:
             with self._lock:
                 if self._version == version:
                     self._cache = text
         return text
 
-    @staticmethod
-    def _generate(servers: list[ServerSeries], metric: str | None, model: Mapping[str, Any],
-                  batch: float | None) -> bytes:
-        # imported at first scrape, not with the service module (BentoML's workers set prometheus_client's
-        # multiprocess directory after importing the service; an early import would break BentoML's /metrics)
-        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-        from prometheus_client.exposition import generate_latest
 
-        families: list[Any] = []
-        for name, (doc, labels) in FAMILIES.items():
-            family = GaugeMetricFamily(name, doc, labels=list(labels))
-            for s in servers:
-                for values, value in s.samples(name):
-                    if metric is None or not values or values[0] == metric:
-                        family.add_metric([s.server, *values], value)
-            families.append(family)
-        if batch is not None:
-            families.append(GaugeMetricFamily("fleetcast_forecast_batch_timestamp_seconds",
-                                              "When the latest forecast batch was computed.", value=batch))
-        if model:
-            info = InfoMetricFamily("fleetcast_model", "The model serving the forecasts.")
-            info.add_metric([], {k: "" if v is None else str(v) for k, v in model.items()})
-            families.append(info)
-        return generate_latest(_Families(families))  # type: ignore[arg-type]
+@cache
+def _header(name: str) -> bytes:
+    """``# HELP`` and ``# TYPE`` of a family, as prometheus_client writes them."""
+    return _generate([_gauge(name)])
