@@ -11,6 +11,7 @@ memory at 40 %, which the model forecasts flat.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -137,6 +138,8 @@ receivers:
         assert ann["summary"] == ours["message"] and "Memory" in ann["summary"]
         assert ann["time_to_breach"] == "now" and ann["probability"] == f"{ours['probability']:.2f}"
         assert ann["threshold"] == "95" and ann["current_value"] == "98"
+        if ours.get("explanation"):  # the alert rules' explanation, when they give one (issue 10's backtest)
+            assert json.loads(ann["explanation"]) == ours["explanation"]
         assert parse_time(ann["breach_time"]) == datetime.fromisoformat(ours["prediction_time"]).replace(tzinfo=UTC)
         assert parse_time(got["startsAt"]) == datetime.fromisoformat(ours["first_seen"]).replace(tzinfo=UTC)
         assert (parse_time(got["endsAt"]) - datetime.now(UTC)).total_seconds() > 180  # 4 x 60 s resend ahead
