@@ -6,7 +6,9 @@ written since the last batch from the feed store, forecasts them in one batched
 ``Forecaster.forecast`` call (the model's own tensors), evaluates the alert rules and re-serialises
 the answers (JSON bytes per server, joined per batch), so a GET answers at once whatever the fleet
 size. :meth:`start` runs the refresh in a background thread every ``FLEETCAST_REFRESH_SECONDS``
-(default 5 s) when new data arrived.
+(default 5 s) when new data arrived. After each refresh the active alerts go to the alert delivery
+(``serving/delivery.py``: Alertmanager, webhooks; when configured) and the new entries to the Prometheus
+exposition (``serving/exposition.py``: ``GET /metrics/forecasts``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
 from serving.background import Periodic
+from serving.exposition import ForecastExposition
 from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -106,13 +109,15 @@ class PredictionEngine:
 
     def __init__(self, forecaster: Any, store: Any, model_info: dict[str, Any],
                  alert_config: alert_rules.AlertConfig | None = None,
-                 history_steps: int = schema.ENCODER_STEPS) -> None:
+                 history_steps: int = schema.ENCODER_STEPS, delivery: Any = None) -> None:
         self.forecaster = forecaster
         self.store = store
         self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
         self.alert_config = alert_config or alert_rules.load_config()
         self.history_steps = history_steps
         self.alerts = alert_rules.AlertBook()
+        self.delivery = delivery  # serving.delivery.AlertDelivery (or None): told the active alerts per refresh
+        self.exposition = ForecastExposition()  # the latest entries as Prometheus series
         self._entries: dict[str, dict[str, Any]] = {}  # server -> entry without history
         self._fragments: dict[str, bytes] = {}  # server -> JSON of entry without history
         self._full: dict[str, bytes] = {}  # server -> JSON of entry with history
@@ -157,6 +162,7 @@ class PredictionEngine:
             for name in dropped:
                 self.alerts.update(name, [], now)
             self._publish(entries, dropped, now)
+            self._deliver()
             self._seen = watermark
             self.last_error = None
             self.last_refresh_seconds = time.perf_counter() - started
@@ -193,6 +199,16 @@ class PredictionEngine:
             self._predictions = self._document(b",".join(self._fragments[n] for n in names))
             self._predictions_full = None  # built on first request with include_history
             self._alerts_json = self._alerts_document(self.batch_time)
+        self.exposition.update(entries.values(), dropped, self.model_info, self.batch_time)
+
+    def _deliver(self) -> None:
+        """Hand the active alerts to the delivery (it queues what opened and resolved; never blocks)."""
+        if self.delivery is None:
+            return
+        try:
+            self.delivery.observe(self.alerts.all())
+        except Exception:  # delivery must never cost a forecast
+            logger.exception("alert delivery could not take this refresh's alerts")
 
     def _document(self, body: bytes) -> bytes:
         tail = json.dumps({"timestamp": self.batch_time, "model": self.model_info}, separators=(",", ":"))
@@ -230,6 +246,11 @@ class PredictionEngine:
             if found is not None:
                 self.predictions_served += 1
             return found
+
+    def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> bytes:
+        """``GET /metrics/forecasts``: the latest forecasts in Prometheus' text format (ValueError: bad filter)."""
+        self.ensure_batch()
+        return self.exposition.render(server, metric)
 
     def alerts_json(self) -> bytes:
         self.ensure_batch()

@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import schema, simulator
+from serving import delivery as alert_delivery
 from serving import demo_fleet as demo
-from serving import ingest, model_store, security
+from serving import exposition, ingest, model_store, security
 from serving.background import Periodic
 from serving.forecasting import PredictionEngine
 from serving.settings import get_settings
@@ -58,11 +59,12 @@ class ServiceRuntime:
                                            "run_id": None, "source": None}
         self.model_error: str | None = None
         self.engine: PredictionEngine | None = None
+        self.delivery = alert_delivery.from_settings(settings)  # None without an Alertmanager or webhook
         if load_model:
             try:
                 forecaster, info = model_store.load_forecaster()
                 self.model_info = info
-                self.engine = PredictionEngine(forecaster, self.store, info)
+                self.engine = PredictionEngine(forecaster, self.store, info, delivery=self.delivery)
             except Exception as exc:  # serve the feed anyway; /health says degraded and why
                 self.model_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("no model loaded")
@@ -75,6 +77,8 @@ class ServiceRuntime:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.delivery is not None:
+            self.delivery.start()
         if self.demo is not None:
             self.demo.start()
         if self.engine is not None:
@@ -90,6 +94,8 @@ class ServiceRuntime:
             self.demo.stop()
         if self.engine is not None:
             self.engine.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
         self.store.dispose()
 
     def reload_model(self) -> bool:
@@ -102,7 +108,7 @@ class ServiceRuntime:
             forecaster, info = model_store.load_forecaster(tag)
             previous = self.model_info.get("version")
             if self.engine is None:
-                engine = PredictionEngine(forecaster, self.store, info)
+                engine = PredictionEngine(forecaster, self.store, info, delivery=self.delivery)
                 engine.start()
                 self.engine = engine
             else:
@@ -155,6 +161,16 @@ class ServiceRuntime:
             return error(503, f"no model loaded: {self.model_error}")
         return Answer(200, self.engine.alerts_json())
 
+    def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Answer:
+        """``GET /metrics/forecasts``: bytes in Prometheus' text format, or an error answer."""
+        if self.engine is None:
+            return error(503, f"no model loaded: {self.model_error}")
+        try:
+            body = self.engine.forecast_metrics(server, metric)
+        except ValueError as exc:
+            return error(400, str(exc))
+        return Answer(200, body, {"Content-Type": exposition.CONTENT_TYPE})
+
     def health(self) -> dict[str, Any]:
         engine = self.engine
         degraded = engine is None or engine.last_error is not None or not engine.running
@@ -170,6 +186,7 @@ class ServiceRuntime:
             "records_stored": self.store.count(),
             "last_feed_time": schema.iso(last_feed) if last_feed is not None else None,
             "demo_fleet": self.demo is not None,
+            "alert_delivery": self.delivery.status() if self.delivery is not None else {"firing": None, "targets": []},
             "error": self.model_error or (engine.last_error if engine else None),
         }
 

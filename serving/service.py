@@ -3,7 +3,7 @@
 Run it: ``bentoml serve`` from the repository root (``[tool.bentoml.build]`` in pyproject.toml names
 this service), or ``bentoml serve serving.service:Fleetcast``. Routes are those of the agreed API
 (docs/api.md) on a FastAPI app mounted at ``/``; BentoML's own ``/readyz``, ``/livez`` and
-``/metrics`` stay available.
+``/metrics`` stay available (the forecasts as Prometheus metrics are ``/metrics/forecasts``).
 
 ``workers=1`` on purpose: the forecast cache, the alert book and the demo fleet live in the worker's
 memory, so a second worker would forecast and alert on its own, and answer from its own, different
@@ -102,6 +102,13 @@ class Fleetcast:
     @app.get("/alerts")
     def alerts(self) -> Response:
         return _respond(self.runtime.alerts())
+
+    @app.get("/metrics/forecasts")
+    def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Response:
+        answer = self.runtime.forecast_metrics(server, metric)
+        if answer.status_code != 200:
+            return _respond(answer)
+        return Response(answer.body, headers=answer.headers)
 
     @app.get("/health")
     def health(self) -> Response:

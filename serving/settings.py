@@ -1,4 +1,5 @@
-"""The service's settings (``FLEETCAST_*``): write guard, body caps, demo fleet, refresh, which model.
+"""The service's settings (``FLEETCAST_*``): write guard, body caps, demo fleet, refresh, which model,
+alert delivery.
 
 One typed class read from the environment (pydantic-settings); :func:`get_settings` builds it anew on
 each call, so the service reads the environment when a runtime starts (tests change it between
@@ -48,6 +49,25 @@ class ServiceSettings(BaseSettings):
     model_path: Path | None = env("FLEETCAST_MODEL_PATH", None, None,
                                   "serve this checkpoint file (`Forecaster.save`) instead of the store's "
                                   "model, pinned: never swapped")
+    external_url: str = env("FLEETCAST_EXTERNAL_URL", "http://localhost:8000", None,
+                            "the service's URL as its users reach it; each alert's `generatorURL` is "
+                            "`<this>/predictions/<server>`")
+    alertmanager_url: str | None = env("FLEETCAST_ALERTMANAGER_URL", None, None,
+                                       "Alertmanager base URL(s), comma-separated (each gets every alert); "
+                                       "alerts are POSTed to `<url>/api/v2/alerts`")
+    alert_webhook_url: str | None = env("FLEETCAST_ALERT_WEBHOOK_URL", None, None,
+                                        "URL(s), comma-separated, that get a JSON POST (Alertmanager's webhook "
+                                        "shape) when alerts open or resolve")
+    alert_resend_seconds: float = env("FLEETCAST_ALERT_RESEND_SECONDS", 60.0, None,
+                                      "firing alerts are re-sent to Alertmanager this often, with `endsAt` 4x "
+                                      "this ahead (Prometheus' `--rules.alert.resend-delay`)")
+    alert_queue_size: int = env("FLEETCAST_ALERT_QUEUE_SIZE", 10_000, None,
+                                "pending notifications per target; when full the oldest firing ones are "
+                                "dropped (re-sent with the next resend), resolves never")
+    alert_timeout_seconds: float = env("FLEETCAST_ALERT_TIMEOUT_SECONDS", 10.0, None,
+                                       "HTTP timeout of one delivery request")
+    alert_retry_max_seconds: float = env("FLEETCAST_ALERT_RETRY_MAX_SECONDS", 60.0, None,
+                                         "longest wait between retries to a failing target (1 s, doubling)")
 
 
 def get_settings() -> ServiceSettings:

@@ -6,7 +6,9 @@ scripts add it themselves.
 - :func:`free_port`: a free TCP port on 127.0.0.1;
 - :class:`RequestTally` / :func:`count_dashboard_requests`: counts the HTTP requests the dashboard's
   client sends from this process (it identifies itself as ``fleetcast-dashboard``);
-- ``fleetcast_testkit.standin``: the real service with a synthetic forecaster, over real HTTP.
+- ``fleetcast_testkit.standin``: the real service with a synthetic forecaster, over real HTTP;
+- ``fleetcast_testkit.promstack``: real Alertmanager and Prometheus (Debian's packages) on free loopback
+  ports, a webhook receiver, and the real service under uvicorn on a loopback port.
 """
 
 from __future__ import annotations
