@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard debian-packages chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard bench-soak debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-serve: install
 
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
+
+# mixed writes and reads, one kill -9 of the server's group and a restart; MINUTES=10 for the full soak
+MINUTES ?= 2
+bench-soak: install
+	$(BIN)/python tests/benchmarks/bench_soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ database error its file. Those go to the log; clients get a reason and where to 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -42,6 +43,19 @@ class Answer:
 
 def error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Answer:
     return Answer(status_code, {"detail": detail}, headers)
+
+
+@functools.cache
+def _write_metrics() -> tuple[Any, Any]:
+    """The write path's Prometheus series on BentoML's ``GET /metrics``: POSTs in flight (a gauge summed
+    over live workers) and refusals by reason. Made on first use, in the worker (prometheus_client must
+    be imported after BentoML set its multiprocess directory), once per process."""
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client import Gauge
+
+    return (Gauge("fleetcast_writes_in_flight", "POSTs being received or ingested now",
+                  multiprocess_mode="livesum"),
+            PromCounter("fleetcast_write_refusals", "POSTs refused before ingest, by reason", ["reason"]))
 
 
 def _public_reason(exc: Exception, what: str) -> str:
@@ -163,6 +177,7 @@ class ServiceRuntime:
         (give it back with :meth:`release_write_slot`), else a 429 to answer at once."""
         refused = self.writes.acquire(client)
         if refused is None:
+            _write_metrics()[0].inc()
             return None
         self._count_refusal(f"in_flight_{refused}")
         if refused == "per_client":
@@ -175,6 +190,7 @@ class ServiceRuntime:
 
     def release_write_slot(self, client: str) -> None:
         self.writes.release(client)
+        _write_metrics()[0].dec()
 
     def count_refusal(self, reason: str) -> None:
         """Count a refusal decided by the HTTP layer (``body_timeout``)."""
@@ -183,6 +199,7 @@ class ServiceRuntime:
     def _count_refusal(self, reason: str) -> None:
         with self._refused_lock:
             self.refused[reason] += 1
+        _write_metrics()[1].labels(reason=reason).inc()
 
     # --- endpoints -----------------------------------------------------------------------------------
     def feed(self, body: bytes, content_type: str | None, content_encoding: str | None,

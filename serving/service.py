@@ -113,10 +113,10 @@ class Fleetcast:
     def shutdown(self) -> None:
         self.runtime.stop()
 
-    async def _write(self, request: Request, handle: Callable[[bytes], Answer]) -> Response:
+    async def _write(self, request: Request, handle: Callable[[bytes], Answer], body_bytes: int) -> Response:
         """The write path shared by the POST routes: guard (token, loopback, rate), a write slot taken
-        before the body is read (429 at once without one), the body read under its size cap and timeout,
-        then ``handle(body)`` in a worker thread, which gives the slot back when it ends.
+        before the body is read (429 at once without one), the body read under its size cap (``body_bytes``)
+        and timeout, then ``handle(body)`` in a worker thread, which gives the slot back when it ends.
 
         A request the service answers 504 (60 s, BentoML's traffic timeout) is not cancelled in that
         thread: its batch may still be committed (docs/api.md; upserts make the retry safe).
@@ -128,7 +128,7 @@ class Fleetcast:
             return _respond(denied)
         handed_over = False
         try:
-            body = await _read_body(request, ingest.Limits.now().body_bytes, self.runtime.settings.body_timeout_seconds)
+            body = await _read_body(request, body_bytes, self.runtime.settings.body_timeout_seconds)
             if isinstance(body, Answer):
                 if body.status_code == 408:
                     self.runtime.count_refusal("body_timeout")
@@ -151,7 +151,8 @@ class Fleetcast:
     async def feed_data(self, request: Request) -> Response:
         limits = ingest.Limits.now()
         content_type, encoding = request.headers.get("content-type"), request.headers.get("content-encoding")
-        return await self._write(request, lambda body: self.runtime.feed(body, content_type, encoding, limits))
+        return await self._write(request, lambda body: self.runtime.feed(body, content_type, encoding, limits),
+                                 limits.body_bytes)
 
     @app.get("/predictions", responses={200: {"model": openapi.Predictions}, **openapi.NO_MODEL})
     def predictions(self, include_history: bool = False) -> Response:
@@ -178,7 +179,7 @@ class Fleetcast:
     @app.post("/scenario/set", openapi_extra=openapi.scenario_request_body(), responses=openapi.SCENARIO_RESPONSES,
               summary="Set the demo fleet's scenario")
     async def set_scenario(self, request: Request) -> Response:
-        return await self._write(request, self._set_scenario)
+        return await self._write(request, self._set_scenario, ingest.Limits.now().body_bytes)
 
     def _set_scenario(self, body: bytes) -> Answer:
         try:

@@ -142,6 +142,7 @@ def test_300_slow_clients_do_not_stop_reads(live: Served) -> None:
         with client_from("127.0.0.5") as reader:
             assert wait_for_in_flight(reader, live, IN_FLIGHT)  # every write slot held by a slow upload
             writes = reader.get(f"{live.url}/health", timeout=5.0).json()["writes"]
+            metrics = reader.get(f"{live.url}/metrics", timeout=5.0).text  # BentoML's Prometheus endpoint
             with client_from("127.0.0.6") as writer:  # a fresh client finds every slot taken: 429 at once
                 r = writer.post(f"{live.url}/feed/data", json={"records": []}, timeout=5.0)
                 assert r.status_code == 429 and "FLEETCAST_MAX_WRITES_IN_FLIGHT" in r.json()["detail"]
@@ -157,6 +158,8 @@ def test_300_slow_clients_do_not_stop_reads(live: Served) -> None:
         assert writes["in_flight"] == IN_FLIGHT and writes["in_flight_limit"] == IN_FLIGHT
         assert writes["refused"]["in_flight_per_client"] == 2
         assert writes["refused"]["in_flight_total"] == len(socks) - IN_FLIGHT - 2
+        assert f"fleetcast_writes_in_flight {IN_FLIGHT}.0" in metrics, metrics[-3000:]
+        assert f'fleetcast_write_refusals_total{{reason="in_flight_total"}} {len(socks) - IN_FLIGHT - 2}.0' in metrics
 
         statuses = Counter(status_of(sock, timeout=BODY_TIMEOUT + 5) for sock in socks)
         assert statuses == Counter({429: len(socks) - IN_FLIGHT, 408: IN_FLIGHT}), statuses
