@@ -25,10 +25,12 @@ install: $(STAMP)
 #   prometheus, -alertmanager Alertmanager delivery and Prometheus scrape/remote-write tests
 #   prometheus-node-exporter  the real agent behind Prometheus remote write
 #   collectd-core, libyajl2   collectd with write_http (its JSON output needs libyajl)
+#   iproute2                  `ip netns`: the service test with a peer that is not loopback
 # Installed only when a command is missing; needs root or sudo.
-DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2
+DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2 \
+                   iproute2
 DEBIAN_COMMANDS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-alertmanager \
-                   /usr/bin/prometheus-node-exporter /usr/sbin/collectd
+                   /usr/bin/prometheus-node-exporter /usr/sbin/collectd /usr/sbin/ip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 debian-packages:
