@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard debian-packages chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard bench-soak debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,12 @@ install: $(STAMP)
 #   prometheus, -alertmanager Alertmanager delivery and Prometheus scrape/remote-write tests
 #   prometheus-node-exporter  the real agent behind Prometheus remote write
 #   collectd-core, libyajl2   collectd with write_http (its JSON output needs libyajl)
+#   iproute2                  `ip netns`: the service test with a peer that is not loopback
 # Installed only when a command is missing; needs root or sudo.
-DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2
+DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2 \
+                   iproute2
 DEBIAN_COMMANDS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-alertmanager \
-                   /usr/bin/prometheus-node-exporter /usr/sbin/collectd
+                   /usr/bin/prometheus-node-exporter /usr/sbin/collectd /usr/sbin/ip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 debian-packages:
@@ -63,6 +65,11 @@ bench-serve: install
 
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
+
+# mixed writes and reads, one kill -9 of the server's group and a restart; MINUTES=10 for the full soak
+MINUTES ?= 2
+bench-soak: install
+	$(BIN)/python tests/benchmarks/bench_soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

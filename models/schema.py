@@ -11,14 +11,15 @@ converted to UTC, a naive string is taken as UTC).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 # --- sizes and cadence -------------------------------------------------------------------------------
 STEP_MINUTES = 5
@@ -113,23 +114,66 @@ def iso_many(values: Any) -> list[str]:
     return np.datetime_as_string(arr, unit="s").tolist()
 
 
+# the times a record may carry: what fits pandas' datetime64[ns] (1677-09-21 .. 2262-04-11), to whole days
+EARLIEST = datetime(1678, 1, 1)
+LATEST = datetime(2262, 1, 1)
+_EPOCH_MIN = (EARLIEST - datetime(1970, 1, 1)).total_seconds()
+_EPOCH_MAX = (LATEST - datetime(1970, 1, 1)).total_seconds()
+_SHOWN = 40  # characters of a rejected value quoted back in an error
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "...'"
+
+
 def to_utc_naive(value: Any) -> datetime:
-    """Parse an ISO 8601 string or datetime; aware values are converted to UTC, naive ones taken as UTC."""
+    """Parse an ISO 8601 string, epoch seconds or datetime into a naive UTC datetime.
+
+    Aware values are converted to UTC, naive ones taken as UTC. Every unusable value raises
+    ``ValueError`` with a message fit for a client (never ``OverflowError``/``OSError``): not a string or
+    number, not ISO 8601, epoch seconds that are not finite or out of range (``1e20``, milliseconds),
+    offsets that push a time out of the calendar (``0001-01-01T00:00:00+01:00``), and anything outside
+    :data:`EARLIEST` .. :data:`LATEST` (the span of the pandas ``datetime64[ns]`` every frame uses).
+    """
     if isinstance(value, datetime):
         ts = value
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
-        ts = datetime.fromisoformat(text)
+        try:
+            ts = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{_quoted(value)} is not an ISO 8601 time (e.g. 2025-10-12T21:40:00Z) "
+                             "or epoch seconds") from None
     elif isinstance(value, int | float) and not isinstance(value, bool):
         # epoch seconds, as some shippers send them
-        ts = datetime.fromtimestamp(float(value), tz=UTC)
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError("epoch seconds must be a finite number")
+        if not _EPOCH_MIN <= seconds < _EPOCH_MAX:
+            hint = " (milliseconds? send seconds)" if _EPOCH_MAX <= seconds < _EPOCH_MAX * 1000 else ""
+            raise ValueError(f"epoch seconds {seconds:g} are outside {EARLIEST.year}..{LATEST.year}{hint}")
+        ts = datetime(1970, 1, 1) + timedelta(seconds=seconds)
     else:
         raise ValueError("timestamp must be an ISO 8601 string or epoch seconds")
     if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
+        try:
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+        except (OverflowError, ValueError, OSError):
+            raise ValueError(f"{_quoted(value)} is outside the calendar once converted to UTC") from None
+    if not EARLIEST <= ts < LATEST:
+        raise ValueError(f"{_quoted(value)} is outside {EARLIEST.year}..{LATEST.year}")
     return ts
+
+
+# how the OpenAPI document describes a record's timestamp: what to_utc_naive reads
+TIMESTAMP_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+    "description": "UTC time of the sample: ISO 8601 (an offset is converted to UTC, none means UTC) or epoch "
+                   "seconds",
+}
 
 
 def _bounds(name: str) -> dict[str, float]:
@@ -151,14 +195,14 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    timestamp: datetime
+    timestamp: Annotated[datetime, WithJsonSchema(TIMESTAMP_JSON_SCHEMA)]
     server_name: str = Field(pattern=SERVER_NAME_PATTERN)
     cpu_percent: float = Field(allow_inf_nan=False, **_bounds("cpu_percent"))
     memory_percent: float = Field(allow_inf_nan=False, **_bounds("memory_percent"))
     disk_percent: float = Field(allow_inf_nan=False, **_bounds("disk_percent"))
     load_average: float = Field(allow_inf_nan=False, **_bounds("load_average"))
-    status: str = "healthy"
-    profile: str = DEFAULT_PROFILE
+    status: str = Field("healthy", json_schema_extra={"enum": list(STATUSES)})
+    profile: str = Field(DEFAULT_PROFILE, json_schema_extra={"examples": list(PROFILES)})
 
     @field_validator("timestamp", mode="before")
     @classmethod

@@ -3,6 +3,13 @@
     fleetcast pipeline [--retrain]   materialize the whole asset graph once (dataset → champion → Bento model)
     fleetcast demo [--retrain]       pipeline (unless a packaged champion exists), then start every service:
                                      Dagster :3000, MLflow :5000, BentoML :8000 (demo fleet on), Streamlit :8501
+    fleetcast serve [--host H] [--port P] [bentoml serve options]
+                                     only the inference service (`bentoml serve` of this checkout), after
+                                     checking that nothing listens on the port (a stale service is named)
+
+Every start first checks its ports: a port already taken fails at once with the pid and command line of
+the process holding it (a service left over from an earlier run, typically), instead of a later
+"Address already in use" deep in BentoML's arbiter.
 
 All state goes to the embedded defaults of models/config.py (./data), each overridable by environment.
 """
@@ -78,7 +85,29 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
+def check_ports(ports: dict[str, int], host: str = "0.0.0.0") -> None:
+    """SystemExit naming the process (pid, command) that holds any of ``ports``."""
+    from serving.process import listener_on, port_taken_message
+
+    for name, port in ports.items():
+        listener = listener_on(port, host)
+        if listener is not None:
+            raise SystemExit(port_taken_message(port, listener, what=name))
+
+
+def serve(host: str, port: int, extra: list[str]) -> None:
+    """Replace this process with `bentoml serve` of this checkout (same pid: a signal to `fleetcast serve`,
+    or to its process group, reaches BentoML), after the port check."""
+    check_ports({"the fleetcast service": port}, host)
+    env = service_env()
+    env.pop("FLEETCAST_API_URL", None)  # the dashboard's setting, not the service's
+    os.chdir(config.PROJECT_ROOT)
+    bentoml = _bin("bentoml")
+    os.execve(bentoml, [bentoml, "serve", "--host", host, "--port", str(port), *extra], env)
+
+
 def start_services(env: dict[str, str]) -> list[subprocess.Popen]:
+    check_ports(PORTS)
     root = str(config.PROJECT_ROOT)
     service_env_ = {**env, "FLEETCAST_DEMO_FLEET": env.get("FLEETCAST_DEMO_FLEET", "1")}
     commands = {
@@ -116,7 +145,15 @@ def start_services(env: dict[str, str]) -> list[subprocess.Popen]:
 
 
 def stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
-    """SIGTERM each process's group (each was started in a session of its own), SIGKILL what outlives ``timeout``."""
+    """SIGTERM each process's group (each was started in a session of its own), SIGKILL what outlives ``timeout``,
+    then any process of their trees still running (BentoML's workers, in sessions of their own, end with
+    their parent by themselves: serving/process.py; this is the safety net)."""
+    import psutil
+
+    family = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family.extend(psutil.Process(proc.pid).children(recursive=True))
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -127,6 +164,11 @@ def stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for child in alive:
+        log.warning("killing %d (%s), still running after its service stopped", child.pid, child.name())
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def demo(retrain: bool) -> None:
@@ -169,8 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("pipeline", "demo"):
         p = sub.add_parser(name)
         p.add_argument("--retrain", action="store_true", help="run the pipeline even if a champion is packaged")
-    args = parser.parse_args(argv)
-    if args.command == "pipeline":
+    p = sub.add_parser("serve", help="only the inference service (bentoml serve), after a port check")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default: all, as bentoml serve)")
+    p.add_argument("--port", type=int, default=PORTS["service"])
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "serve":
+        serve(args.host, args.port, extra)
+    elif args.command == "pipeline":
         os.environ.update(service_env())
         run_pipeline()
     else:

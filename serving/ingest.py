@@ -14,6 +14,17 @@ Accepted bodies
 Field aliases for shippers that keep their own names (used only when the contract's name is absent):
 ``@timestamp``/``time`` -> timestamp, ``hostname``/``host``/``host.name`` -> server_name, ``cpu``,
 ``memory``/``mem``, ``disk``, ``load``/``load1`` -> the four metrics, ``server_profile`` -> profile.
+
+What is refused where
+- The whole request (4xx with ``detail``): what makes the body unreadable (not JSON, not UTF-8, nested
+  deeper than Python's parser goes, bad gzip), a wrong shape (``records`` not an array, a JSON scalar), an
+  empty body or empty ``records``, too large or too many records. Messages never quote a header's value.
+- One record (``errors`` entry naming its index, the others stored): every problem with a value
+  (:class:`models.schema.Record`: ranges, patterns, timestamps that do not convert), and a timestamp
+  outside the accepted window (older than ``FLEETCAST_MAX_RECORD_AGE_DAYS``, further ahead than
+  ``FLEETCAST_MAX_FUTURE_MINUTES``, both by the server clock).
+- Two records for the same (server_name, timestamp) in one request are stored once (the later one
+  wins, as a later request would) and counted once; a warning names the merged index.
 """
 
 from __future__ import annotations
@@ -32,8 +43,6 @@ from pydantic import ValidationError
 from models import schema
 from serving.settings import get_settings
 
-MAX_FUTURE = timedelta(minutes=10)
-
 JSON_TYPES = ("application/json", "text/json")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
                 "application/json-lines", "application/x-jsonlines", "application/jsonl")
@@ -51,16 +60,20 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 
 class Limits(NamedTuple):
-    """The request caps, read from the settings once per request (``FLEETCAST_MAX_BODY_BYTES``,
-    ``FLEETCAST_MAX_RECORDS``)."""
+    """The request caps and the record time window, read from the settings once per request
+    (``FLEETCAST_MAX_BODY_BYTES``, ``FLEETCAST_MAX_RECORDS``, ``FLEETCAST_MAX_RECORD_AGE_DAYS``,
+    ``FLEETCAST_MAX_FUTURE_MINUTES``)."""
 
     body_bytes: int
     records: int
+    max_age: timedelta
+    max_future: timedelta
 
     @classmethod
     def now(cls) -> Limits:
         s = get_settings()
-        return cls(s.max_body_bytes, s.max_records)
+        return cls(s.max_body_bytes, s.max_records, timedelta(days=s.max_record_age_days),
+                   timedelta(minutes=s.max_future_minutes))
 
 
 class IngestError(Exception):
@@ -88,7 +101,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         except (OSError, EOFError, zlib.error) as exc:
             raise IngestError(400, f"body is not valid {encoding} data: {exc}") from exc
     else:
-        raise IngestError(415, f"unsupported Content-Encoding {content_encoding!r}; use gzip or none")
+        raise IngestError(415, "unsupported Content-Encoding; send the body as is or with gzip/deflate")
     if len(data) > limit:
         raise IngestError(413, f"body larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
     return data
@@ -96,6 +109,27 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
 
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+TOO_DEEP = "JSON nested too deeply (a record is a flat object; arrays of arrays are not records)"
+
+
+def loads(text: str) -> Any:
+    """``json.loads``; a document nested deeper than the parser's recursion limit (about 1,000 levels,
+    a 2 KB body of ``[``) is a :class:`IngestError` 400, not a ``RecursionError`` (used by every JSON
+    body the service reads)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise IngestError(400, TOO_DEEP) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer literal longer than Python converts (4,300 digits)
+        raise IngestError(400, f"malformed JSON: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).split(";", 1)[0].split("\n", 1)[0][:120]
 
 
 def _parse_ndjson(text: str) -> list[Any]:
@@ -109,6 +143,10 @@ def _parse_ndjson(text: str) -> list[Any]:
             parsed += 1
         except json.JSONDecodeError as exc:
             items.append(_BadLine(lineno, exc.msg, exc.colno))
+        except RecursionError:
+            items.append(_BadLine(lineno, TOO_DEEP, 1))
+        except ValueError as exc:  # an integer literal longer than Python converts
+            items.append(_BadLine(lineno, _first_line(exc), 1))
     if items and not parsed:
         first = items[0]
         raise IngestError(400, f"malformed NDJSON: no line is valid JSON (line {first.lineno}: {first.message})")
@@ -126,7 +164,7 @@ def parse_body(body: bytes, content_type: str | None) -> list[Any]:
     """Body -> list of raw items (dicts, or anything a client sent, validated later one by one)."""
     media = _media_type(content_type)
     if media and media not in JSON_TYPES + NDJSON_TYPES + TEXT_TYPES and not media.endswith("+json"):
-        raise IngestError(415, f"unsupported Content-Type {content_type!r}; send application/json "
+        raise IngestError(415, "unsupported Content-Type; send application/json "
                                "({\"records\": [...]} or an array) or application/x-ndjson (one record a line)")
     try:
         text = body.decode("utf-8-sig")
@@ -137,22 +175,39 @@ def parse_body(body: bytes, content_type: str | None) -> list[Any]:
     if media in NDJSON_TYPES:
         return _parse_ndjson(text)
     try:
-        payload = json.loads(text)
+        payload = loads(text)
     except json.JSONDecodeError as exc:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if media in TEXT_TYPES + ("",) and len(lines) > 1:
             return _parse_ndjson(text)
         raise IngestError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     if isinstance(payload, list):
+        if not payload:
+            raise IngestError(400, "the array is empty: send at least one record")
         return payload
     if isinstance(payload, dict):
         if "records" in payload:
             records = payload["records"]
             if not isinstance(records, list):
-                raise IngestError(400, f"'records' must be an array of records, got {type(records).__name__}")
+                raise IngestError(400, f"'records' must be an array of records, got {_json_type(records)}")
+            if not records:
+                raise IngestError(400, "records is empty: send at least one record")
             return records
         return [payload]  # one event per request (Logstash http output, format => "json")
-    raise IngestError(400, f"body must be a JSON object or array, got {type(payload).__name__}")
+    raise IngestError(400, f"body must be a JSON object or array, got {_json_type(payload)}")
+
+
+def _json_type(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def apply_aliases(item: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +239,7 @@ def _format_error(exc: ValidationError) -> str:
 @dataclass
 class IngestResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
+    row_index: list[int] = field(default_factory=list)  # each row's index in the request
     errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     stored: int = 0
@@ -203,15 +259,19 @@ class IngestResult:
                 "errors": self.errors, "warnings": self.warnings}
 
 
-def validate_items(items: list[Any], now: datetime | None = None) -> IngestResult:
+def validate_items(items: list[Any], now: datetime | None = None, limits: Limits | None = None) -> IngestResult:
     """Validate each item with ``schema.Record``; bad ones are named by index, good ones become rows.
 
-    ``now`` (UTC, naive) is the reference for the future check (records more than 10 minutes ahead
-    of it are rejected); default: the wall clock.
+    ``now`` (UTC, naive) is the reference of the time window (default: the wall clock): records older
+    than ``limits.max_age`` or more than ``limits.max_future`` ahead of it are rejected. A record for a
+    (server, timestamp) already in this batch replaces the earlier one (a warning names both).
     """
+    limits = limits or Limits.now()
     reference = now or pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
-    limit = reference + MAX_FUTURE
+    latest, earliest = reference + limits.max_future, reference - limits.max_age
+    shown = reference.replace(microsecond=0).isoformat()
     result = IngestResult()
+    seen: dict[tuple[str, datetime], int] = {}  # (server, timestamp) -> position in result.rows
     for index, item in enumerate(items):
         if isinstance(item, _BadLine):
             result.errors.append({"index": index, "error": f"line {item.lineno}: malformed JSON: "
@@ -219,36 +279,65 @@ def validate_items(items: list[Any], now: datetime | None = None) -> IngestResul
             continue
         if not isinstance(item, dict):
             result.errors.append({"index": index,
-                                  "error": f"record must be a JSON object, got {type(item).__name__}"})
+                                  "error": f"record must be a JSON object, got {_json_type(item)}"})
             continue
         try:
             record = schema.Record.model_validate(apply_aliases(item))
         except ValidationError as exc:
             result.errors.append({"index": index, "error": _format_error(exc)})
             continue
-        if record.timestamp > limit:
+        if record.timestamp > latest:
             result.errors.append({"index": index, "error": (
-                f"timestamp: {record.timestamp.isoformat()} is more than 10 minutes in the future "
-                f"(server time {reference.replace(microsecond=0).isoformat()} UTC)")})
+                f"timestamp: {record.timestamp.isoformat()} is more than {_span(limits.max_future)} in the "
+                f"future (server time {shown} UTC; FLEETCAST_MAX_FUTURE_MINUTES)")})
+            continue
+        if record.timestamp < earliest:
+            result.errors.append({"index": index, "error": (
+                f"timestamp: {record.timestamp.isoformat()} is more than {_span(limits.max_age)} old "
+                f"(server time {shown} UTC; FLEETCAST_MAX_RECORD_AGE_DAYS)")})
             continue
         row = record.model_dump()
         profile, known = schema.normalize_profile(record.profile)
         if not known:
-            result.warnings.append({"index": index,
-                                    "warning": f"unknown profile {record.profile!r} mapped to {profile!r}"})
+            result.warnings.append({"index": index, "warning": f"unknown profile "
+                                    f"{_shorten(record.profile)} mapped to {profile!r}"})
         row[schema.PROFILE] = profile
+        key = (record.server_name, record.timestamp)
+        if key in seen:
+            position = seen[key]
+            result.warnings.append({"index": index, "warning": (
+                f"same server_name and timestamp as record {result.row_index[position]}: "
+                "merged, this later one kept")})
+            result.rows[position] = row
+            result.row_index[position] = index
+            continue
+        seen[key] = len(result.rows)
         result.rows.append(row)
+        result.row_index.append(index)
     return result
 
 
+def _span(delta: timedelta) -> str:
+    minutes = delta.total_seconds() / 60
+    value, unit = ((minutes / 1440, "day") if minutes >= 1440 and minutes % 1440 == 0 else
+                   (minutes / 60, "hour") if minutes >= 120 and minutes % 60 == 0 else (minutes, "minute"))
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "...'"
+
+
 def ingest_items(store: Any, items: list[Any], now: datetime | None = None,
-                 max_records: int | None = None) -> IngestResult:
+                 max_records: int | None = None, limits: Limits | None = None) -> IngestResult:
     """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`);
-    413 for more than ``max_records`` (default: ``FLEETCAST_MAX_RECORDS``)."""
-    limit = max_records if max_records is not None else Limits.now().records
+    413 for more than ``max_records`` (default: ``limits.records``, ``FLEETCAST_MAX_RECORDS``)."""
+    limits = limits or Limits.now()
+    limit = max_records if max_records is not None else limits.records
     if len(items) > limit:
         raise IngestError(413, f"{len(items)} records in one request; at most {limit} "
                                "(FLEETCAST_MAX_RECORDS): split the batch")
-    result = validate_items(items, now=now)
+    result = validate_items(items, now=now, limits=limits)
     result.stored = store.upsert(result.rows)
     return result

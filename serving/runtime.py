@@ -1,19 +1,25 @@
 """Everything one service worker holds, and what each endpoint does, as plain testable code.
 
 :class:`ServiceRuntime` owns the feed store, the model and its :class:`PredictionEngine`, the optional
-demo fleet and the write guard (bearer token + rate limit). ``serving/service.py`` maps HTTP routes
-onto its methods in a few lines each.
+demo fleet and the write guard (bearer token, loopback-only writes without one, rate limit, write
+slots; ``serving/security.py``). ``serving/service.py`` maps HTTP routes onto its methods in a few
+lines each.
+
+Answers never carry an exception's text: a missing model file's message names its full path, a
+database error its file. Those go to the log; clients get a reason and where to look.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from models import schema, simulator
 from serving import delivery as alert_delivery
@@ -21,6 +27,7 @@ from serving import demo_fleet as demo
 from serving import exposition, ingest, model_store, security
 from serving.background import Periodic
 from serving.forecasting import PredictionEngine
+from serving.openapi import ScenarioRequest
 from serving.settings import get_settings
 from serving.store import FeedStore
 
@@ -39,12 +46,32 @@ def error(status_code: int, detail: str, headers: dict[str, str] | None = None) 
     return Answer(status_code, {"detail": detail}, headers)
 
 
-class ScenarioRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@functools.cache
+def _write_metrics() -> tuple[Any, Any]:
+    """The write path's Prometheus series on BentoML's ``GET /metrics``: POSTs in flight (a gauge summed
+    over live workers) and refusals by reason. Made on first use, in the worker (prometheus_client must
+    be imported after BentoML set its multiprocess directory), once per process."""
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client import Gauge
 
-    scenario: str
-    duration_hours: float | None = Field(default=None, gt=0, le=24 * 30)
-    servers: list[str] | None = None
+    return (Gauge("fleetcast_writes_in_flight", "POSTs being received or ingested now",
+                  multiprocess_mode="livesum"),
+            PromCounter("fleetcast_write_refusals", "POSTs refused before ingest, by reason", ["reason"]))
+
+
+def _public_reason(exc: Exception, what: str) -> str:
+    """What a client may read about ``exc``: ``what`` and the exception's type, never its text (which
+    names files under the data dir); the log has the whole of it."""
+    return f"{what} ({type(exc).__name__}; details in the service log)"
+
+
+def _refresh_reason(last_error: str | None) -> str | None:
+    """The engine's last refresh error as a client may read it (its type only, see above)."""
+    if last_error is None:
+        return None
+    kind = last_error.split(":", 1)[0].strip()
+    kind = kind if kind.isidentifier() else "error"
+    return f"the last forecast refresh failed ({kind}; details in the service log)"
 
 
 class ServiceRuntime:
@@ -55,6 +82,17 @@ class ServiceRuntime:
         self.store = store or FeedStore()
         self.limiter = security.limiter_from_settings(settings)
         self.token = settings.api_token
+        self.anonymous_writes = settings.allow_anonymous_writes
+        self.writes = security.WriteSlots(settings.max_writes_in_flight, settings.max_writes_in_flight_per_client)
+        self.refused: Counter[str] = Counter()  # write refusals by reason, for /health
+        self._refused_lock = threading.Lock()
+        security.trusted_proxy_list(settings.trusted_proxies)  # a malformed entry stops the start, named
+        if not self.token:
+            logger.warning(
+                "NO FLEETCAST_API_TOKEN: POST /feed/data and /scenario/set accept writes from this host only "
+                "(loopback peers; others get 403). To take writes from other hosts set FLEETCAST_API_TOKEN "
+                "(shippers send 'Authorization: Bearer <token>'), or FLEETCAST_ALLOW_ANONYMOUS_WRITES=1 on a "
+                "trusted network%s.", " (now set: writes are open to every peer)" if self.anonymous_writes else "")
         self.model_info: dict[str, Any] = {"name": model_store.BENTO_MODEL_NAME, "version": None,
                                            "run_id": None, "source": None}
         self.model_error: str | None = None
@@ -66,7 +104,7 @@ class ServiceRuntime:
                 self.model_info = info
                 self.engine = PredictionEngine(forecaster, self.store, info, delivery=self.delivery)
             except Exception as exc:  # serve the feed anyway; /health says degraded and why
-                self.model_error = f"{type(exc).__name__}: {exc}"
+                self.model_error = _public_reason(exc, "the model could not be loaded")
                 logger.exception("no model loaded")
         use_demo = settings.demo_fleet if demo_fleet is None else demo_fleet
         self.demo: demo.DemoFleet | None = demo.DemoFleet(self.store) if use_demo else None
@@ -119,17 +157,55 @@ class ServiceRuntime:
 
     # --- write guard ---------------------------------------------------------------------------------
     def guard(self, authorization: str | None, client: str) -> Answer | None:
-        """401 without the configured bearer token, 429 (Retry-After) over the client's rate; else None."""
+        """401 without the configured bearer token; 403 for a non-loopback peer when no token is configured
+        (unless FLEETCAST_ALLOW_ANONYMOUS_WRITES); 429 (Retry-After) over the client's rate; else None.
+        ``client`` is the peer address (uvicorn's, after the trusted proxies only)."""
         if not security.bearer_ok(authorization, self.token):
+            self._count_refusal("token")
             return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <FLEETCAST_API_TOKEN>'",
                          {"WWW-Authenticate": "Bearer"})
+        if not self.token and not self.anonymous_writes and not security.is_loopback(client):
+            self._count_refusal("not_loopback")
+            return error(403, "writes without a token are accepted from this host only (loopback): set "
+                              "FLEETCAST_API_TOKEN on the service and send 'Authorization: Bearer <token>', or "
+                              "FLEETCAST_ALLOW_ANONYMOUS_WRITES=1 on a trusted network")
         wait = self.limiter.acquire(client)
         if wait > 0:
+            self._count_refusal("rate_limit")
             header = security.RateLimiter.retry_after_header(wait)
-            return error(429, f"rate limit exceeded for {client}: retry in {header} s "
+            return error(429, f"rate limit exceeded for this client: retry in {header} s "
                               "(FLEETCAST_RATE_LIMIT_PER_SECOND / FLEETCAST_RATE_LIMIT_BURST)",
                          {"Retry-After": header})
         return None
+
+    def take_write_slot(self, client: str) -> Answer | None:
+        """Take one of the write slots (total and per client) before reading a body: None when taken
+        (give it back with :meth:`release_write_slot`), else a 429 to answer at once."""
+        refused = self.writes.acquire(client)
+        if refused is None:
+            _write_metrics()[0].inc()
+            return None
+        self._count_refusal(f"in_flight_{refused}")
+        if refused == "per_client":
+            detail = (f"this client already has {self.writes.per_client} writes in flight: wait for their answers "
+                      "(FLEETCAST_MAX_WRITES_IN_FLIGHT_PER_CLIENT)")
+        else:
+            detail = (f"{self.writes.total} writes are in flight, the most the service takes at once: retry "
+                      "shortly (FLEETCAST_MAX_WRITES_IN_FLIGHT)")
+        return error(429, detail, {"Retry-After": "1"})
+
+    def release_write_slot(self, client: str) -> None:
+        self.writes.release(client)
+        _write_metrics()[0].dec()
+
+    def count_refusal(self, reason: str) -> None:
+        """Count a refusal decided by the HTTP layer (``body_timeout``)."""
+        self._count_refusal(reason)
+
+    def _count_refusal(self, reason: str) -> None:
+        with self._refused_lock:
+            self.refused[reason] += 1
+        _write_metrics()[1].labels(reason=reason).inc()
 
     # --- endpoints -----------------------------------------------------------------------------------
     def feed(self, body: bytes, content_type: str | None, content_encoding: str | None,
@@ -138,38 +214,42 @@ class ServiceRuntime:
         try:
             data = ingest.decode_body(body, content_encoding, limits.body_bytes)
             items = ingest.parse_body(data, content_type)
-            result = ingest.ingest_items(self.store, items, max_records=limits.records)
+            result = ingest.ingest_items(self.store, items, limits=limits)
         except ingest.IngestError as exc:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())
 
     def predictions(self, include_history: bool = False) -> Answer:
         if self.engine is None:
-            return error(503, f"no model loaded: {self.model_error}")
+            return self._no_model()
         return Answer(200, self.engine.predictions_json(include_history))
 
     def prediction(self, server_name: str) -> Answer:
         if self.engine is None:
-            return error(503, f"no model loaded: {self.model_error}")
+            return self._no_model()
         found = self.engine.server_json(server_name)
         if found is None:
-            return error(404, f"no forecast for server {server_name!r}: unknown, or under 1 h of usable history")
+            shown = server_name if schema.is_valid_server_name(server_name) else "(not a valid server name)"
+            return error(404, f"no forecast for server {shown!r}: unknown, or under 1 h of usable history")
         return Answer(200, found)
 
     def alerts(self) -> Answer:
         if self.engine is None:
-            return error(503, f"no model loaded: {self.model_error}")
+            return self._no_model()
         return Answer(200, self.engine.alerts_json())
 
     def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Answer:
         """``GET /metrics/forecasts``: bytes in Prometheus' text format, or an error answer."""
         if self.engine is None:
-            return error(503, f"no model loaded: {self.model_error}")
+            return self._no_model()
         try:
             body = self.engine.forecast_metrics(server, metric)
         except ValueError as exc:
             return error(400, str(exc))
         return Answer(200, body, {"Content-Type": exposition.CONTENT_TYPE})
+
+    def _no_model(self) -> Answer:
+        return error(503, f"no model loaded: {self.model_error or 'none packaged yet'}")
 
     def health(self) -> dict[str, Any]:
         engine = self.engine
@@ -187,8 +267,19 @@ class ServiceRuntime:
             "last_feed_time": schema.iso(last_feed) if last_feed is not None else None,
             "demo_fleet": self.demo is not None,
             "alert_delivery": self.delivery.status() if self.delivery is not None else {"firing": None, "targets": []},
-            "error": self.model_error or (engine.last_error if engine else None),
+            "error": self.model_error or (_refresh_reason(engine.last_error) if engine else None),
+            "writes": self.write_load(),
         }
+
+    def write_load(self) -> dict[str, Any]:
+        """Saturation of the write path: POSTs in flight now (and the most at once), the caps, the counters
+        the rate limiter holds, and refusals by reason since the start."""
+        with self._refused_lock:
+            refused = dict(sorted(self.refused.items()))
+        return {"in_flight": self.writes.in_flight, "in_flight_peak": self.writes.peak,
+                "in_flight_limit": self.writes.total, "in_flight_limit_per_client": self.writes.per_client,
+                "clients_in_flight": self.writes.clients, "rate_limit_entries": self.limiter.entries(),
+                "refused": refused}
 
     def scenario(self) -> dict[str, Any]:
         current = self.demo.scenario if self.demo is not None else {
@@ -202,7 +293,8 @@ class ServiceRuntime:
         try:
             req = ScenarioRequest.model_validate(payload)
         except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+            msgs = "; ".join(f"{'.'.join(str(x)[:40] for x in e['loc']) or 'body'}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
             return error(422, msgs)
         if req.scenario not in simulator.SCENARIOS:
             return error(422, f"scenario: unknown scenario {req.scenario!r}; available: "

@@ -9,17 +9,38 @@ this service), or ``bentoml serve serving.service:Fleetcast``. Routes are those 
 memory, so a second worker would forecast and alert on its own, and answer from its own, different
 batch; the feed store is on disk and shared. One worker answers GETs from pre-serialised bytes and
 forecasts 1,000 servers in one batched pass, which is plenty for a fleet (see docs/operations.md).
+
+Hardening (docs/operations.md, "Security and limits"): the client is the TCP peer unless
+``FLEETCAST_TRUSTED_PROXIES`` names the proxy (uvicorn's ``FORWARDED_ALLOW_IPS`` is set from it in the
+worker); without a token, writes come from loopback only; each POST takes a write slot before its body
+is read and must deliver the body within ``FLEETCAST_BODY_TIMEOUT_SECONDS``, so slow uploads cannot take
+the request slots reads need; the worker ends with its parent (``serving/process.py``).
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
 
 import bentoml
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from serving import ingest, model_store
+from serving import ingest, model_store, openapi, process, security
 from serving.runtime import Answer, ServiceRuntime, error
+
+logger = logging.getLogger(__name__)
+
+if bentoml.server_context.worker_index is not None:
+    # In a BentoML worker, before BentoML builds its uvicorn.Config (after it imported this module):
+    # uvicorn believes X-Forwarded-For from FORWARDED_ALLOW_IPS, by default from loopback, which would
+    # let anything on this host choose its client address (rate limit, loopback-only writes). Only
+    # FLEETCAST_TRUSTED_PROXIES may be believed; none by default (serving/security.py).
+    os.environ.update(FORWARDED_ALLOW_IPS=security.forwarded_allow_ips())
 
 app = FastAPI(
     title="fleetcast",
@@ -36,20 +57,30 @@ def _respond(answer: Answer) -> Response:
 
 
 def _client(request: Request) -> str:
+    """The peer's address: the TCP peer, or the client a trusted proxy names (uvicorn decides, see above)."""
     return request.client.host if request.client else "unknown"
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Answer:
-    """The body, or a 413 as soon as it grows past ``limit`` (before reading it all)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes | Answer:
+    """The body; a 413 as soon as it grows past ``limit`` (before reading it all); a 408 when it has not
+    arrived within ``timeout`` seconds (a slow or stuck upload holds its write slot no longer)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        return error(413, f"body of {declared} bytes is larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
+        return error(413, f"declared Content-Length is larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return error(413, f"body larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return error(413, f"body larger than {limit} bytes (FLEETCAST_MAX_BODY_BYTES)")
+                chunks.append(chunk)
+    except TimeoutError:
+        return error(408, f"the request body did not arrive within {timeout:g} s "
+                          "(FLEETCAST_BODY_TIMEOUT_SECONDS): send it at once, or in smaller batches",
+                     {"Connection": "close"})
+    except ClientDisconnect:
+        return error(400, "the client disconnected before the body was complete")
     return b"".join(chunks)
 
 
@@ -73,6 +104,8 @@ class Fleetcast:
         model = bentoml.models.BentoModel(model_store.model_tag())
 
     def __init__(self) -> None:
+        if bentoml.server_context.worker_index is not None:
+            process.exit_with_parent()  # no orphan worker after a kill -9 of `bentoml serve` (serving/process.py)
         self.runtime = ServiceRuntime()
         self.runtime.start()
 
@@ -80,26 +113,58 @@ class Fleetcast:
     def shutdown(self) -> None:
         self.runtime.stop()
 
-    @app.post("/feed/data")
-    async def feed_data(self, request: Request) -> Response:
-        denied = self.runtime.guard(request.headers.get("authorization"), _client(request))
-        limits = ingest.Limits.now()
-        body = denied or await _read_body(request, limits.body_bytes)
-        if isinstance(body, Answer):
-            return _respond(body)
-        answer = await run_in_threadpool(self.runtime.feed, body, request.headers.get("content-type"),
-                                         request.headers.get("content-encoding"), limits)
-        return _respond(answer)
+    async def _write(self, request: Request, handle: Callable[[bytes], Answer], body_bytes: int) -> Response:
+        """The write path shared by the POST routes: guard (token, loopback, rate), a write slot taken
+        before the body is read (429 at once without one), the body read under its size cap (``body_bytes``)
+        and timeout, then ``handle(body)`` in a worker thread, which gives the slot back when it ends.
 
-    @app.get("/predictions")
+        A request the service answers 504 (60 s, BentoML's traffic timeout) is not cancelled in that
+        thread: its batch may still be committed (docs/api.md; upserts make the retry safe).
+        """
+        client = _client(request)
+        denied = self.runtime.guard(request.headers.get("authorization"), client) or \
+            self.runtime.take_write_slot(client)
+        if denied is not None:
+            return _respond(denied)
+        handed_over = False
+        try:
+            body = await _read_body(request, body_bytes, self.runtime.settings.body_timeout_seconds)
+            if isinstance(body, Answer):
+                if body.status_code == 408:
+                    self.runtime.count_refusal("body_timeout")
+                return _respond(body)
+
+            def work() -> Answer:
+                try:
+                    return handle(body)
+                finally:
+                    self.runtime.release_write_slot(client)
+
+            handed_over = True
+            return _respond(await run_in_threadpool(work))
+        finally:
+            if not handed_over:
+                self.runtime.release_write_slot(client)
+
+    @app.post("/feed/data", openapi_extra=openapi.feed_request_body(), responses=openapi.FEED_RESPONSES,
+              summary="Ingest fleet records")
+    async def feed_data(self, request: Request) -> Response:
+        limits = ingest.Limits.now()
+        content_type, encoding = request.headers.get("content-type"), request.headers.get("content-encoding")
+        return await self._write(request, lambda body: self.runtime.feed(body, content_type, encoding, limits),
+                                 limits.body_bytes)
+
+    @app.get("/predictions", responses={200: {"model": openapi.Predictions}, **openapi.NO_MODEL})
     def predictions(self, include_history: bool = False) -> Response:
         return _respond(self.runtime.predictions(include_history))
 
-    @app.get("/predictions/{server_name}")
+    @app.get("/predictions/{server_name}", responses={
+        200: {"model": openapi.Prediction, "description": "one server's forecast, with history"},
+        404: {"model": openapi.Problem, "description": "no forecast for that server"}, **openapi.NO_MODEL})
     def prediction(self, server_name: str) -> Response:
         return _respond(self.runtime.prediction(server_name))
 
-    @app.get("/alerts")
+    @app.get("/alerts", responses={200: {"model": openapi.Alerts}, **openapi.NO_MODEL})
     def alerts(self) -> Response:
         return _respond(self.runtime.alerts())
 
@@ -110,21 +175,26 @@ class Fleetcast:
             return _respond(answer)
         return Response(answer.body, headers=answer.headers)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": openapi.Health}})
     def health(self) -> Response:
         return JSONResponse(self.runtime.health())
 
-    @app.get("/scenario")
+    @app.get("/scenario", responses={200: {"model": openapi.Scenario}})
     def scenario(self) -> Response:
         return JSONResponse(self.runtime.scenario())
 
-    @app.post("/scenario/set")
+    @app.post("/scenario/set", openapi_extra=openapi.scenario_request_body(), responses=openapi.SCENARIO_RESPONSES,
+              summary="Set the demo fleet's scenario")
     async def set_scenario(self, request: Request) -> Response:
-        denied = self.runtime.guard(request.headers.get("authorization"), _client(request))
-        if denied is not None:
-            return _respond(denied)
+        return await self._write(request, self._set_scenario, ingest.Limits.now().body_bytes)
+
+    def _set_scenario(self, body: bytes) -> Answer:
         try:
-            payload = await request.json()
-        except ValueError as exc:
-            return _respond(error(400, f"malformed JSON body: {exc}"))
-        return _respond(self.runtime.set_scenario(payload))
+            payload = ingest.loads(body.decode("utf-8-sig"))
+        except ingest.IngestError as exc:
+            return error(exc.status_code, exc.detail)
+        except UnicodeDecodeError as exc:
+            return error(400, f"body is not UTF-8 text (byte {exc.start})")
+        except ValueError as exc:  # json.JSONDecodeError
+            return error(400, f"malformed JSON: {getattr(exc, 'msg', 'invalid')}")
+        return self.runtime.set_scenario(payload)

@@ -1,5 +1,5 @@
-"""The service's settings (``FLEETCAST_*``): write guard, body caps, demo fleet, refresh, which model,
-alert delivery.
+"""The service's settings (``FLEETCAST_*``): write guard, body caps, record time window, demo fleet,
+refresh, which model, alert delivery.
 
 One typed class read from the environment (pydantic-settings); :func:`get_settings` builds it anew on
 each call, so the service reads the environment when a runtime starts (tests change it between
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings
 
 from models import schema
@@ -26,14 +27,36 @@ class ServiceSettings(BaseSettings):
 
     api_token: str | None = env("FLEETCAST_API_TOKEN", None, None,
                                 "when set, POST endpoints need `Authorization: Bearer <token>` (401)")
+    allow_anonymous_writes: bool = env("FLEETCAST_ALLOW_ANONYMOUS_WRITES", False, None,
+                                       "without a token, POST endpoints answer 403 to peers that are not "
+                                       "loopback; `1` opens them to every peer (a trusted network only)")
+    trusted_proxies: str | None = env("FLEETCAST_TRUSTED_PROXIES", None, None,
+                                      "comma-separated addresses or CIDRs of reverse proxies whose "
+                                      "`X-Forwarded-For` names the client; unset: the TCP peer is the client, "
+                                      "the header is ignored")
     rate_limit_per_second: float = env("FLEETCAST_RATE_LIMIT_PER_SECOND", 20.0, None,
-                                       "per-client-IP token bucket refill on POST endpoints; `0` turns it off")
+                                       "average POSTs per second per client address: at most `BURST` per "
+                                       "window of `BURST / PER_SECOND` s (sliding window, at least 1 s); `0` "
+                                       "turns the limit off")
     rate_limit_burst: float = env("FLEETCAST_RATE_LIMIT_BURST", 60.0, None,
-                                  "bucket size (requests a client may send at once); 429 + `Retry-After` "
-                                  "when empty")
+                                  "requests a client may send at once; 429 + `Retry-After` beyond")
+    max_writes_in_flight: PositiveInt = env("FLEETCAST_MAX_WRITES_IN_FLIGHT", 64, None,
+                                            "POSTs being received or ingested at once, all clients together; "
+                                            "429 at once (before the body is read) beyond, so reads keep "
+                                            "BentoML's other request slots")
+    max_writes_in_flight_per_client: PositiveInt = env("FLEETCAST_MAX_WRITES_IN_FLIGHT_PER_CLIENT", 4, None,
+                                                       "the same, per client address")
+    body_timeout_seconds: PositiveFloat = env("FLEETCAST_BODY_TIMEOUT_SECONDS", 20.0, None,
+                                              "a POST body must arrive within this many seconds (408 "
+                                              "otherwise); keep it under the 60 s request timeout")
     max_body_bytes: int = env("FLEETCAST_MAX_BODY_BYTES", 10 * 1024 * 1024, None,
                               "POST body cap (10 MB; after gzip decompression); 413 above")
     max_records: int = env("FLEETCAST_MAX_RECORDS", 50_000, None, "records per request; 413 above")
+    max_record_age_days: PositiveFloat = env("FLEETCAST_MAX_RECORD_AGE_DAYS", 400.0, None,
+                                             "records older than this (by the server clock) are rejected "
+                                             "per record")
+    max_future_minutes: PositiveFloat = env("FLEETCAST_MAX_FUTURE_MINUTES", 10.0, None,
+                                            "records further ahead of the server clock are rejected per record")
     demo_fleet: bool = env("FLEETCAST_DEMO_FLEET", False, None,
                            "`1` starts the built-in demo fleet (`make demo` does)")
     demo_servers: int = env("FLEETCAST_DEMO_SERVERS", schema.DEFAULT_SERVERS, None, "demo fleet size")

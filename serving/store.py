@@ -140,19 +140,26 @@ class FeedStore:
 
     def raw_window(self, servers: Iterable[str] | None = None,
                    steps: int = schema.ENCODER_STEPS) -> pd.DataFrame:
-        """Raw records of the last ``steps`` 5-minute steps (+ the gap margin) of each server."""
+        """Raw records of the last ``steps`` 5-minute steps (+ the gap margin) of each server.
+
+        Each server's window ends at its own latest record. Servers whose latest records lie close
+        together are read in one range query (:func:`window_groups`), so one server whose newest record
+        is old (a host retired months ago) costs one small query of its own instead of pulling every
+        server's read back to its time.
+        """
         names = None if servers is None else sorted(set(servers))
         if names is not None and not names:
             return schema.empty_frame()
         # a long IN list hits the database's bound-parameter limit: filter those in pandas instead
         sql_names = names if names is not None and len(names) <= _MAX_IN else None
         cols = [records_table.c[c] for c in schema.COLUMNS]
-        last_q = sa.select(records_table.c[schema.SERVER],
-                           sa.func.max(records_table.c[schema.TIMESTAMP]).label("last"))
+        ts_col, server_col = records_table.c[schema.TIMESTAMP], records_table.c[schema.SERVER]
+        last_q = sa.select(server_col, sa.func.max(ts_col).label("last"))
         if sql_names is not None:
-            last_q = last_q.where(records_table.c[schema.SERVER].in_(sql_names))
-        last_q = last_q.group_by(records_table.c[schema.SERVER])
+            last_q = last_q.where(server_col.in_(sql_names))
+        last_q = last_q.group_by(server_col)
         window = pd.Timedelta(minutes=schema.STEP_MINUTES * (steps + MAX_GAP_STEPS + 1))
+        frames = []
         with self.engine.connect() as conn:
             lasts = pd.DataFrame(conn.execute(last_q).all(), columns=[schema.SERVER, "last"])
             if names is not None:
@@ -160,13 +167,15 @@ class FeedStore:
             if lasts.empty:
                 return schema.empty_frame()
             lasts["last"] = pd.to_datetime(lasts["last"])
-            cutoff = (lasts["last"].min() - window).to_pydatetime()
-            query = sa.select(*cols).where(records_table.c[schema.TIMESTAMP] > cutoff)
-            if sql_names is not None:
-                query = query.where(records_table.c[schema.SERVER].in_(sql_names))
-            frame = pd.DataFrame(conn.execute(query).all(), columns=list(schema.COLUMNS))
-        if names is not None:
-            frame = frame[frame[schema.SERVER].isin(lasts[schema.SERVER])].copy()
+            for group, first, newest in window_groups(lasts, window):
+                query = sa.select(*cols).where(ts_col > (first - window).to_pydatetime(),
+                                               ts_col <= newest.to_pydatetime())
+                whole = names is None and len(group) == len(lasts)
+                if not whole and len(group) <= _MAX_IN:
+                    query = query.where(server_col.in_(group))
+                part = pd.DataFrame(conn.execute(query).all(), columns=list(schema.COLUMNS))
+                frames.append(part if whole else part[part[schema.SERVER].isin(group)])
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
         frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).astype("datetime64[ns]")
         per_server_cutoff = frame[schema.SERVER].map(lasts.set_index(schema.SERVER)["last"]) - window
         return frame[frame[schema.TIMESTAMP] > per_server_cutoff].reset_index(drop=True)
@@ -191,6 +200,31 @@ class FeedStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def window_groups(lasts: pd.DataFrame, window: pd.Timedelta) -> list[tuple[list[str], pd.Timestamp, pd.Timestamp]]:
+    """Servers grouped so that one range query per group reads each one's window and little else.
+
+    ``lasts``: ``server_name`` and ``last`` (each server's latest timestamp). Sorted by ``last``, a group
+    spans at most ``window``; returns ``(servers, earliest last, latest last)`` per group, so the group's
+    query reads ``(earliest - window, latest]``: at most two windows of any of its servers. A live fleet
+    is one group (one query, as before); a server silent for months is a group of its own.
+    """
+    ordered = lasts.sort_values("last", kind="stable")
+    groups: list[tuple[list[str], pd.Timestamp, pd.Timestamp]] = []
+    current: list[str] = []
+    first = newest = None
+    for name, last in zip(ordered[schema.SERVER], ordered["last"], strict=True):
+        if current and last - first > window:
+            groups.append((current, first, newest))
+            current = []
+        if not current:
+            first = last
+        current.append(name)
+        newest = last
+    if current:
+        groups.append((current, first, newest))
+    return groups
 
 
 def align_history(raw: pd.DataFrame, steps: int = schema.ENCODER_STEPS,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from models import simulator
+from models import schema, simulator
 from serving.demo_fleet import frame_to_items
 
 N_SERVERS = 4
@@ -44,6 +44,17 @@ def series_items(server: str, profile: str, values: dict[str, Any], steps: int =
     return out
 
 
+def shift_to_recent(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame of old records (the NAB traces are from 2014) moved forward by whole weeks, so its newest
+    record falls in the last week: inside the service's accepted window (400 days), with weekday,
+    time of day and any off-grid seconds kept."""
+    last = pd.Timestamp(frame[schema.TIMESTAMP].max())
+    weeks = (now_floor() - last) // pd.Timedelta(weeks=1)
+    out = frame.copy()
+    out[schema.TIMESTAMP] = out[schema.TIMESTAMP] + pd.Timedelta(weeks=int(weeks))
+    return out
+
+
 @pytest.fixture
 def service_env(isolated_env: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Isolated state, the tiny model by path, fast refresh, no rate limit, no token, no demo fleet."""
@@ -58,12 +69,14 @@ def service_env(isolated_env: Path, tiny_checkpoint: Path, monkeypatch: pytest.M
 @pytest.fixture
 def make_client(service_env: Path, asgi_app: Any) -> Iterator[Callable[[], TestClient]]:
     """Start the real BentoML service in-process (lifespan and all) with the environment set so far.
-    One running client per test: the app holds one service instance at a time."""
+    One running client per test: the app holds one service instance at a time. ``peer`` is the client
+    address the service sees (loopback by default, as a shipper on the same host; writes from other
+    peers need a token)."""
     clients: list[TestClient] = []
 
-    def start() -> TestClient:
+    def start(peer: str = "127.0.0.1") -> TestClient:
         assert not clients, "one service instance per test"
-        client = TestClient(asgi_app)
+        client = TestClient(asgi_app, client=(peer, 50000))
         client.__enter__()
         clients.append(client)
         return client
@@ -103,6 +116,7 @@ class Helpers:
     series_items = staticmethod(series_items)
     wait_for = staticmethod(wait_for)
     prediction_of = staticmethod(prediction_of)
+    shift_to_recent = staticmethod(shift_to_recent)
 
 
 @pytest.fixture

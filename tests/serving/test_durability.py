@@ -1,14 +1,12 @@
-"""Acknowledged records survive a hard kill (SIGKILL) of a real `bentoml serve` and a restart."""
+"""A hard kill of a real `fleetcast serve` (`bentoml serve` of the checkout): acknowledged records survive, no
+process is left listening, a restart on the same port works; a port already taken is named at start."""
 
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -16,91 +14,76 @@ import httpx
 import psutil
 import pytest
 from fleetcast_testkit import free_port
+from fleetcast_testkit.serve import (
+    PROJECT_ROOT,
+    fleetcast_serve_command,
+    kill_group,
+    listening,
+    served,
+    wait_until,
+)
 
-from models import config
 from serving.store import FeedStore
 
 pytestmark = pytest.mark.slow
 
 
-def hard_kill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the server and every process it started (BentoML workers run in their own sessions)."""
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
-        with suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(family, timeout=30)
-    proc.wait(timeout=30)
-
-
-@contextmanager
-def bentoml_serve(log: Path, timeout: float = 180.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`bentoml serve` from the repository root (service named by pyproject's [tool.bentoml.build]),
-    always stopped, with its workers, on exit."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    with log.open("ab") as out:
-        proc = subprocess.Popen([str(bentoml_cli), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=config.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bentoml serve not ready in {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            workers = psutil.Process(proc.pid).children(recursive=True)
-            proc.send_signal(signal.SIGTERM)  # graceful: the arbiter stops its workers
-            try:
-                proc.wait(timeout=30)
-                psutil.wait_procs(workers, timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            for p in workers:
-                if p.is_running():
-                    p.send_signal(signal.SIGKILL)
-            if proc.poll() is None:
-                hard_kill(proc)
-
-
-def test_acknowledged_records_survive_sigkill_and_restart(service_env: Path, h: Any) -> None:
+def test_kill_9_of_the_group_leaves_nothing_listening_and_loses_no_acknowledged_record(
+        service_env: Path, h: Any) -> None:
+    """`kill -9 -<pgid>` of the server: BentoML's worker sits in a session of its own, so the group kill
+    does not reach it; it must end with its parent (serving/process.py) and free the port, and a new
+    server on the same port must come up with every acknowledged record."""
     log = service_env / "serve.log"
+    port = free_port()
     items = h.fleet_items(n_servers=3, steps=288)
     batches = [items[i:i + 200] for i in range(0, len(items), 200)]
-    with bentoml_serve(log) as (proc, url):
+    env = dict(os.environ)
+    with served(log, env, port=port, command=fleetcast_serve_command("127.0.0.1", port)) as server:
         acknowledged = 0
         for batch in batches:
-            r = httpx.post(f"{url}/feed/data", json={"records": batch}, timeout=30)
+            r = httpx.post(f"{server.url}/feed/data", json={"records": batch}, timeout=30)
             assert r.status_code == 200, r.text
             acknowledged += r.json()["records_processed"]
-        worker_pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        assert worker_pids
-        hard_kill(proc)  # kill -9 of the server and its worker: no shutdown hook, no flush
-        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                       for pid in worker_pids)
+        workers = server.worker_pids()
+        assert workers, "BentoML started no worker process"
+        assert all(os.getsid(pid) != os.getsid(server.proc.pid) for pid in workers)  # outside the group's session
+        kill_group(server.proc)  # no shutdown hook of the server, no flush
+        assert wait_until(lambda: not listening(port), timeout=20), \
+            f"still listening after kill -9 of the group: {listening(port)}\n{server.log_tail()}"
+        assert wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                          for p in workers), timeout=30), "the worker outlived its parent"
 
     assert acknowledged == len(items)
     store = FeedStore()
     assert store.count() == acknowledged  # on disk, straight after the kill
     store.dispose()
 
-    with bentoml_serve(log) as (_, url):
-        health = httpx.get(f"{url}/health", timeout=10).json()
+    with served(log, env, port=port, command=fleetcast_serve_command("127.0.0.1", port)) as server:  # same port
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
         assert health["records_stored"] == acknowledged and health["model_loaded"] is True
-        preds = httpx.get(f"{url}/predictions", timeout=60).json()["predictions"]
+        preds = httpx.get(f"{server.url}/predictions", timeout=60).json()["predictions"]
         assert sorted(p["server_name"] for p in preds) == sorted({i["server_name"] for i in items})
         assert all(p["history_steps"] == 288 for p in preds)
+
+
+def test_a_taken_port_is_named_at_start(service_env: Path) -> None:
+    """Something already listens on the port (here a plain socket of a child process, as a stale service
+    would): `fleetcast serve` refuses at once and names its pid and command line."""
+    port = free_port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys, time\n"
+         f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"up"
+        out = subprocess.run(fleetcast_serve_command("127.0.0.1", port), cwd=PROJECT_ROOT, env=dict(os.environ),
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode != 0
+        message = out.stderr.strip().splitlines()[-1]
+        assert f"port {port} is already in use by pid {holder.pid}" in message, out.stderr[-2000:]
+        assert "import socket" in message and f"kill {holder.pid}" in message
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the holder still has the port: nothing was started on top of it
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

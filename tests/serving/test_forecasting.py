@@ -64,7 +64,7 @@ def test_engine_forecasts_only_servers_with_new_data(tmp_path: Path, tiny_checkp
     ("application/x-ndjson", b'{"a": 1}\n\n{"b": 2}\n', 2),
     ("text/plain", b'{"a": 1}\n{"b": 2}', 2),
     ("", b'{"a": 1}\n{"b": 2}', 2),
-    ("application/vnd.fleetcast+json", b"[]", 0),
+    ("application/vnd.fleetcast+json", b"[{}]", 1),
 ])
 def test_parse_body_accepts_the_documented_shapes(content_type: str, body: bytes, n: int) -> None:
     assert len(ingest.parse_body(body, content_type)) == n

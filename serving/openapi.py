@@ -1,0 +1,202 @@
+"""What the service's OpenAPI document (``GET /openapi.json``, the Swagger UI at ``/docs``) says about each
+route: request bodies and every answer, as pydantic models.
+
+Documentation only: the routes keep reading their bodies themselves (``serving/service.py``), so they
+accept exactly what docs/api.md lists (NDJSON, gzip, a bare array, one record); the schemas describe the
+JSON forms. A schemathesis run against this document (tests/serving/test_live_service.py) checks that
+the answers match it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models import schema
+
+
+class Problem(BaseModel):
+    """An error answer: what was wrong and where."""
+
+    detail: str
+
+
+class RecordError(BaseModel):
+    index: int = Field(description="the record's position in the request (0-based; NDJSON: non-empty line)")
+    error: str = Field(description="`<field>: <what is wrong>`")
+
+
+class RecordWarning(BaseModel):
+    index: int
+    warning: str = Field(description="a record stored with a change (profile mapped, duplicate merged)")
+
+
+class FeedResult(BaseModel):
+    """The answer to POST /feed/data (200 with at least one record stored, 422 with none)."""
+
+    status: str = Field(json_schema_extra={"enum": ["success", "partial", "error"]})
+    records_processed: int = Field(description="distinct records stored (a duplicate in the batch counts once)")
+    records_rejected: int
+    errors: list[RecordError]
+    warnings: list[RecordWarning]
+
+
+class FeedRequest(BaseModel):
+    """The contract's body; a bare array of records, one record, and NDJSON are accepted too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    records: list[schema.Record] = Field(min_length=1)
+
+
+class ScenarioRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenario: str = Field(json_schema_extra={"examples": ["memory_leak", "baseline"]})
+    duration_hours: float | None = Field(default=None, gt=0, le=24 * 30)
+    servers: list[str] | None = None
+
+
+class ScenarioSet(BaseModel):
+    status: str
+    scenario: str
+    duration_hours: float | None
+    servers: list[str]
+
+
+class Scenario(BaseModel):
+    scenario: str
+    servers: list[str]
+    duration_hours: float | None
+    started_at: str | None
+    expires_at: str | None
+    demo_fleet: bool
+    available: list[str]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None
+    version: str | None
+    run_id: str | None
+
+
+class Prediction(BaseModel):
+    """One server's forecast (docs/api.md has every field)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    server_name: str
+    profile: str
+    current: dict[str, Any]
+    predicted: dict[str, Any]
+    confidence: float
+    risk_level: str
+    thresholds: dict[str, dict[str, float]]
+    seen_in_training: bool
+    history_steps: int
+    forecast: dict[str, Any]
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction]
+    timestamp: str | None
+    model: ModelInfo
+
+
+class Alerts(BaseModel):
+    alerts: list[dict[str, Any]]
+    timestamp: str | None
+
+
+class WriteLoad(BaseModel):
+    in_flight: int
+    in_flight_peak: int
+    in_flight_limit: int
+    in_flight_limit_per_client: int
+    clients_in_flight: int
+    rate_limit_entries: int
+    refused: dict[str, int]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(json_schema_extra={"enum": ["healthy", "degraded"]})
+    uptime_seconds: float
+    model_loaded: bool
+    predictions_served: int
+    last_prediction: str | None
+    model: dict[str, Any]
+    servers_tracked: int
+    records_stored: int
+    last_feed_time: str | None
+    demo_fleet: bool
+    error: str | None
+    writes: WriteLoad
+
+
+def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+NO_MODEL = {503: _answer(Problem, "no model loaded (the service still stores the feed)")}
+WRITE_GUARD = {
+    401: _answer(Problem, "a token is configured and the request lacks it"),
+    403: _answer(Problem, "no token is configured and the peer is not loopback"),
+    408: _answer(Problem, "the body did not arrive within FLEETCAST_BODY_TIMEOUT_SECONDS"),
+    429: _answer(Problem, "over the client's rate, or no free write slot (Retry-After)"),
+}
+FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _answer(FeedResult, "at least one record stored (`status` success or partial)"),
+    400: _answer(Problem, "the body cannot be read: malformed, empty, nested too deeply, wrong shape"),
+    413: _answer(Problem, "body or record count over the caps"),
+    415: _answer(Problem, "unsupported Content-Type or Content-Encoding"),
+    422: _answer(FeedResult, "no record valid (each is named in `errors`)"),
+    **WRITE_GUARD,
+}
+SCENARIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _answer(ScenarioSet, "scenario applied"),
+    400: _answer(Problem, "malformed JSON"),
+    409: _answer(Problem, "the demo fleet is off"),
+    413: _answer(Problem, "body over FLEETCAST_MAX_BODY_BYTES"),
+    422: _answer(Problem, "unknown scenario or server, bad duration, unknown field"),
+    **WRITE_GUARD,
+}
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined (a request body schema in ``openapi_extra`` is
+    copied as is, so references into its own ``$defs`` would not resolve in the document)."""
+    doc = model.model_json_schema()
+    defs = doc.pop("$defs", {})
+
+    def expand(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return expand(defs[ref.removeprefix("#/$defs/")])
+            return {k: expand(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [expand(v) for v in node]
+        return node
+
+    return expand(doc)
+
+
+def feed_request_body() -> dict[str, Any]:
+    record = _inline(schema.Record)
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"anyOf": [
+            _inline(FeedRequest),
+            {"type": "array", "items": record, "minItems": 1, "title": "Records"},
+            record,
+        ]}},
+        "application/x-ndjson": {"schema": {"type": "string", "description": "one record (JSON object) a line"}},
+    }}}
+
+
+def scenario_request_body() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(ScenarioRequest)}}}}
