@@ -157,6 +157,12 @@ FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _answer(FeedResult, "no record valid (each is named in `errors`)"),
     **WRITE_GUARD,
 }
+FORECAST_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the forecasts in Prometheus' text exposition format (version 0.0.4)",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    400: _answer(Problem, "unknown metric"),
+    **NO_MODEL,
+}
 SCENARIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _answer(ScenarioSet, "scenario applied"),
     400: _answer(Problem, "malformed JSON"),

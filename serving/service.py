@@ -168,7 +168,7 @@ class Fleetcast:
     def alerts(self) -> Response:
         return _respond(self.runtime.alerts())
 
-    @app.get("/metrics/forecasts")
+    @app.get("/metrics/forecasts", responses=openapi.FORECAST_METRICS_RESPONSES)
     def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Response:
         answer = self.runtime.forecast_metrics(server, metric)
         if answer.status_code != 200:
