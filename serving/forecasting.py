@@ -26,6 +26,7 @@ import pandas as pd
 from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
+from serving import pages
 from serving.background import Periodic
 from serving.exposition import ForecastExposition
 from serving.settings import get_settings
@@ -124,6 +125,7 @@ class PredictionEngine:
         self._predictions: bytes | None = None
         self._predictions_full: bytes | None = None
         self._order: list[str] = []
+        self._alerts_list: list[dict[str, Any]] = []  # the batch's active alerts, in answer order
         self._alerts_json: bytes = self._alerts_document(None)
         self._seen: datetime | None = None  # store watermark (received_at) covered by the last batch
         self._lock = threading.Lock()  # guards the answers
@@ -198,6 +200,7 @@ class PredictionEngine:
             self._order = names
             self._predictions = self._document(b",".join(self._fragments[n] for n in names))
             self._predictions_full = None  # built on first request with include_history
+            self._alerts_list = self.alerts.all()
             self._alerts_json = self._alerts_document(self.batch_time)
         self.exposition.update(entries.values(), dropped, self.model_info, self.batch_time)
 
@@ -210,8 +213,11 @@ class PredictionEngine:
         except Exception:  # delivery must never cost a forecast
             logger.exception("alert delivery could not take this refresh's alerts")
 
-    def _document(self, body: bytes) -> bytes:
-        tail = json.dumps({"timestamp": self.batch_time, "model": self.model_info}, separators=(",", ":"))
+    def _document(self, body: bytes, page: pages.Page | None = None) -> bytes:
+        fields: dict[str, Any] = {"timestamp": self.batch_time, "model": self.model_info}
+        if page is not None:
+            fields.update(total=page.total, next_offset=page.next_offset)
+        tail = json.dumps(fields, separators=(",", ":"))
         return b'{"predictions":[' + body + b"]," + tail[1:].encode()
 
     def _alerts_document(self, stamp: str | None) -> bytes:
@@ -239,6 +245,15 @@ class PredictionEngine:
                 self._predictions_full = self._document(b",".join(self._full[n] for n in self._order))
             return self._predictions_full
 
+    def predictions_page(self, query: pages.Query, include_history: bool = False) -> bytes:
+        """One page of ``GET /predictions`` (``serving/pages.py``): joined from the per-server fragments."""
+        self.ensure_batch()
+        with self._lock:
+            self.predictions_served += 1
+            page = pages.select(self._order, query, self._entries.__getitem__, "risk_level")
+            source = self._full if include_history else self._fragments
+            return self._document(b",".join(source[n] for n in page.items), page)
+
     def server_json(self, server_name: str) -> bytes | None:
         self.ensure_batch()
         with self._lock:
@@ -256,6 +271,15 @@ class PredictionEngine:
         self.ensure_batch()
         with self._lock:
             return self._alerts_json
+
+    def alerts_page(self, query: pages.Query) -> bytes:
+        """One page of ``GET /alerts`` (filtered by severity, profile, server prefix)."""
+        self.ensure_batch()
+        with self._lock:
+            page = pages.select(self._alerts_list, query, lambda alert: alert, "severity")
+            stamp = self.batch_time
+        return json.dumps({"alerts": page.items, "timestamp": stamp, "total": page.total,
+                           "next_offset": page.next_offset}, separators=(",", ":")).encode()
 
     @property
     def servers_tracked(self) -> int:

@@ -104,11 +104,15 @@ class Predictions(BaseModel):
     predictions: list[Prediction]
     timestamp: str | None
     model: ModelInfo
+    total: int | None = Field(None, description="paged answers only: how many servers match the filters")
+    next_offset: int | None = Field(None, description="paged answers only: the next page's offset, null at the end")
 
 
 class Alerts(BaseModel):
     alerts: list[dict[str, Any]]
     timestamp: str | None
+    total: int | None = Field(None, description="paged answers only: how many alerts match the filters")
+    next_offset: int | None = Field(None, description="paged answers only: the next page's offset, null at the end")
 
 
 class WriteLoad(BaseModel):
@@ -143,6 +147,8 @@ def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 NO_MODEL = {503: _answer(Problem, "no model loaded (the service still stores the feed)")}
+PAGED = {400: _answer(Problem, "a paging or filter parameter is out of range or unknown (serving/pages.py)"),
+         **NO_MODEL}
 WRITE_GUARD = {
     401: _answer(Problem, "a token is configured and the request lacks it"),
     403: _answer(Problem, "no token is configured and the peer is not loopback"),

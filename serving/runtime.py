@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from models import schema, simulator
 from serving import delivery as alert_delivery
 from serving import demo_fleet as demo
-from serving import exposition, ingest, model_store, security
+from serving import exposition, ingest, model_store, pages, security
 from serving.background import Periodic
 from serving.forecasting import PredictionEngine
 from serving.openapi import ScenarioRequest
@@ -219,9 +219,11 @@ class ServiceRuntime:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())
 
-    def predictions(self, include_history: bool = False) -> Answer:
+    def predictions(self, include_history: bool = False, query: pages.Query | None = None) -> Answer:
         if self.engine is None:
             return self._no_model()
+        if query is not None and query.paged:
+            return Answer(200, self.engine.predictions_page(query, include_history))
         return Answer(200, self.engine.predictions_json(include_history))
 
     def prediction(self, server_name: str) -> Answer:
@@ -233,9 +235,11 @@ class ServiceRuntime:
             return error(404, f"no forecast for server {shown!r}: unknown, or under 1 h of usable history")
         return Answer(200, found)
 
-    def alerts(self) -> Answer:
+    def alerts(self, query: pages.Query | None = None) -> Answer:
         if self.engine is None:
             return self._no_model()
+        if query is not None and query.paged:
+            return Answer(200, self.engine.alerts_page(query))
         return Answer(200, self.engine.alerts_json())
 
     def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Answer:
