@@ -10,8 +10,8 @@ and calls these functions). For each server and metric:
    mean absolute error over the forecasts of the last 24 h of origins (:data:`WINDOW_STEPS`), the model
    and each naive on the same (origin, step) pairs;
 3. the best naive is the one with the lowest error; the model is served when its error is at most the
-   best naive's, else that naive is (:attr:`MetricScore.source`). Without :data:`MIN_SCORED_STEPS`
-   scored steps there is no evidence yet, and the model is served;
+   best naive's (plus :data:`TIE`, float noise), else that naive is (:attr:`MetricScore.source`).
+   Without :data:`MIN_SCORED_STEPS` scored steps there is no evidence yet, and the model is served;
 4. a naive is served with an honest band (:func:`naive_band`): P10/P90 are the naive's P50 plus the 10th
    and 90th percentiles of that naive's own errors on the server's history, per horizon step.
 
@@ -31,6 +31,7 @@ NAIVES: tuple[str, ...] = tuple(baselines.BASELINES)  # last_value, seasonal_nai
 SOURCES: tuple[str, ...] = (MODEL, *NAIVES)
 WINDOW_STEPS = schema.STEPS_PER_DAY  # forecasts whose origin lies in the last 24 h are scored
 MIN_SCORED_STEPS = 12  # an hour of actuals before a score decides anything
+TIE = 0.005  # a model within half the answers' rounding (0.01) of the best naive's MAE is not worse
 BAND_LEADS = np.array([1, 2, 3, 4, 6, 9, 12, 18, 24, 36, 48, 60, 72, 84, 96])
 MIN_PAIRS = 12  # residuals needed for a band quantile at one lead
 _UPPER = np.array([100.0 if m in schema.PERCENT_METRICS else schema.MAX_LOAD_AVERAGE for m in schema.METRICS])
@@ -182,7 +183,7 @@ def score(predictions: np.ndarray, actuals: np.ndarray, min_steps: int = MIN_SCO
             continue
         best = min(sums, key=lambda k: sums[k][1] / sums[k][2])
         m_abs, n_abs, count = sums[best]
-        source = MODEL if m_abs <= n_abs else best
+        source = MODEL if m_abs / count <= n_abs / count + TIE else best
         out.append(MetricScore(source, m_abs / count, per_naive, best, count, m_abs, n_abs))
     return out
 

@@ -51,7 +51,8 @@ def post(store: FeedStore, start: int, stop: int) -> None:
     cpu = truth(i)
     rows = [{"timestamp": (T0 + int(k) * STEP).isoformat(), "server_name": SERVER, "profile": "web_api",
              "cpu_percent": round(float(c), 3), "memory_percent": round(float(c), 3),
-             "disk_percent": round(float(c), 3), "load_average": round(float(c) / 10, 3)} for k, c in zip(i, cpu)]
+             "disk_percent": round(float(c), 3), "load_average": round(float(c) / 10, 3)}
+            for k, c in zip(i, cpu, strict=True)]
     result = ingest.validate_items(rows, now=(T0 + int(stop) * STEP).to_pydatetime())
     assert not result.errors
     store.upsert(result.rows)
@@ -130,3 +131,52 @@ def test_without_a_guard_the_model_is_always_served(store: FeedStore) -> None:
     entry = served(engine)
     assert set(entry["forecast_source"].values()) == {"model"} and engine.guard_status is None
     assert [a for a in engine.alerts.all() if a["metric"] == "cpu_percent"]  # the bad forecast alerts
+
+
+@pytest.mark.slow
+def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Path, h: Any) -> None:
+    """Over HTTP: a server whose CPU repeats every day exactly (the seasonal naive is exact, the model is
+    not) is served the seasonal naive for CPU and the model for its flat metrics (the model is exact on
+    flat series too, and a tie goes to the model); /health and BentoML's /metrics count it and report the
+    skill; a server with under 2 h of history has no score yet and gets the model."""
+    import os
+
+    import httpx
+    from fleetcast_testkit.serve import served as serve
+
+    env = {**os.environ, "FLEETCAST_DATA_DIR": str(tmp_path),
+           "FLEETCAST_STORE_URL": f"sqlite:///{tmp_path / 'feed.db'}",
+           "FLEETCAST_MODEL_PATH": str(tiny_checkpoint), "FLEETCAST_DEMO_FLEET": "0",
+           "FLEETCAST_RATE_LIMIT_PER_SECOND": "0", "FLEETCAST_REFRESH_SECONDS": "0.5"}
+    env.pop("FLEETCAST_API_TOKEN", None)
+    flat = {"memory_percent": 41.0, "disk_percent": 30.0, "load_average": 0.12}
+    daily = {**flat, "cpu_percent": lambda i: 40.0 + 25.0 * np.sin(2 * np.pi * i / 288.0)}
+    items = h.series_items("daily-01", "generic", daily, steps=576) + \
+        h.series_items("young-01", "generic", {**flat, "cpu_percent": 3.0}, steps=20)
+    with serve(tmp_path / "serve.log", env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post("/feed/data", json={"records": items})
+        assert r.status_code == 200 and r.json()["records_processed"] == len(items), r.text
+
+        def both() -> dict[str, Any] | None:
+            got = {p["server_name"]: p for p in http.get("/predictions").json()["predictions"]}
+            return got if {"daily-01", "young-01"} <= set(got) else None
+
+        got = h.wait_for(both, timeout=120)
+        daily_src = got["daily-01"]["forecast_source"]
+        assert daily_src == {"cpu_percent": "seasonal_naive", "memory_percent": "model", "disk_percent": "model",
+                             "load_average": "model"}, daily_src
+        expected = [round(40.0 + 25.0 * np.sin(2 * np.pi * i / 288.0), 2) for i in range(576, 576 + 12)]
+        assert got["daily-01"]["forecast"]["cpu_percent"]["p50"][:12] == pytest.approx(expected, abs=0.011)
+        assert set(got["young-01"]["forecast_source"].values()) == {"model"}
+        guard = http.get("/health").json()["forecast_guard"]
+        assert guard["enabled"] is True
+        assert guard["servers_by_source"]["cpu_percent"] == {"model": 1, "last_value": 0, "seasonal_naive": 1,
+                                                              "mean_24h": 0}
+        assert guard["servers_scored"]["cpu_percent"] == 1 and guard["skill"]["cpu_percent"] > 1.0
+        metrics = http.get("/metrics").text  # BentoML's Prometheus endpoint
+        assert 'fleetcast_guard_servers{metric="cpu_percent",source="seasonal_naive"} 1.0' in metrics, metrics[-3000:]
+        assert 'fleetcast_guard_servers{metric="cpu_percent",source="model"} 1.0' in metrics
+        assert 'fleetcast_guard_servers{metric="memory_percent",source="model"} 2.0' in metrics
+        cpu_skill = 'fleetcast_guard_skill{metric="cpu_percent"}'
+        skill = [line for line in metrics.splitlines() if line.startswith(cpu_skill)]
+        assert skill and float(skill[0].split()[-1]) == pytest.approx(guard["skill"]["cpu_percent"], rel=1e-3)
