@@ -97,6 +97,8 @@ class Prediction(BaseModel):
     thresholds: dict[str, dict[str, float]]
     seen_in_training: bool
     history_steps: int
+    forecast_source: dict[str, str] = Field(
+        description="per metric, the forecast served: model, last_value, seasonal_naive or mean_24h (docs/api.md)")
     forecast: dict[str, Any]
 
 
@@ -125,6 +127,14 @@ class WriteLoad(BaseModel):
     refused: dict[str, int]
 
 
+class ForecastGuardStatus(BaseModel):
+    enabled: bool
+    servers_by_source: dict[str, dict[str, int]] | None
+    skill: dict[str, float | None] | None
+    servers_scored: dict[str, int] | None
+    window_hours: int | None
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -140,6 +150,7 @@ class Health(BaseModel):
     demo_fleet: bool
     error: str | None
     writes: WriteLoad
+    forecast_guard: ForecastGuardStatus
 
 
 def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
