@@ -29,7 +29,9 @@ generic         a mild mixture: small daily cycle and occasional small bursts
 ==============  ===================================================================================
 
 All profiles: ``load_average`` follows CPU scaled by the server's core count, memory drifts
-slowly, disk grows and is cleaned up (a saw-tooth). ``status`` is derived from the metrics:
+slowly, disk grows and is cleaned up (a saw-tooth). :func:`generate_fleet` also lays real shapes over
+the profiles (``shape_rate``; :data:`REAL_SHAPES`: idle plateaus, rare spikes, level shifts, drifts,
+quiet periods, constant companion metrics), then the incidents. ``status`` is derived from the metrics:
 ``warning`` when any percentage is above 85, ``critical`` above 95.
 """
 
