@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard bench-soak debian-packages chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-dashboard bench-soak debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-train: install
 
 bench-serve: install
 	$(BIN)/python tests/benchmarks/bench_serve.py
+
+# real CloudWatch CPU traces through a `bentoml serve` of the champion vs naive baselines (ARGS="--varying" ...)
+bench-real: install
+	$(BIN)/python tests/benchmarks/bench_real.py $(ARGS)
 
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live

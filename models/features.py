@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer, NaNLabelEncoder
 
@@ -130,21 +131,74 @@ def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> p
     return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-# steps of history whose mean centres a slow-moving target (disk fills over days: a 24 h mean lags)
-RECENT_CENTER_STEPS = schema.STEPS_PER_HOUR
-SLOW_TARGETS: frozenset[str] = frozenset({"disk_percent"})
+# per-window scaling: the centre is the median of the last hour, the spread a robust (IQR) one with a floor
+CENTER_STEPS = schema.STEPS_PER_HOUR
+IQR_TO_STD = 1.349  # the interquartile range of a normal distribution in standard deviations
+# smallest spread a window is scaled by, in metric units: a flat window (idle server, constant companion
+# metric) is then forecast as flat, and one spike in it does not blow up the scaled history
+SCALE_FLOORS: dict[str, float] = {"cpu_percent": 0.5, "memory_percent": 0.5, "disk_percent": 0.5,
+                                  "load_average": 0.05}
+INPUT_CLIP = 10.0  # scaled history values fed to the network are clipped to +-INPUT_CLIP spreads
+
+
+class RobustWindowNormalizer(EncoderNormalizer):
+    """Per-window target scaling that stays sane on real series (an ``EncoderNormalizer``, fitted per window).
+
+    centre = median of the window's last ``max_length[0]`` steps (where the server is now);
+    scale = max(IQR of the whole window / 1.349, ``floor``) (a standard deviation on normal data, but one
+    spike in a flat window moves neither, and a flat window is not divided by ~0).
+    :meth:`transform` (the network's scaled history) clips at +-``clip`` spreads; the inverse transform
+    (forecasts back to metric units) is the library's ``y * scale + centre``, unclipped.
+
+    Being an ``EncoderNormalizer``, ``TimeSeriesDataSet`` fits it on each sample's encoder window and
+    :class:`models.inference.TensorBuilder` on each server's window (batched rows, same code).
+    """
+
+    def __init__(self, method: str = "robust", center: bool = True,
+                 max_length: int | list[int] | None = None, transformation: Any = None,
+                 method_kwargs: dict[str, Any] | None = None, floor: float = 0.5,
+                 clip: float = INPUT_CLIP) -> None:
+        super().__init__(method=method, center=center, max_length=max_length, transformation=transformation,
+                         method_kwargs=method_kwargs)
+        self.floor = floor
+        self.clip = clip
+
+    def _set_parameters(self, y_center: Any, y_scale: Any) -> None:
+        if isinstance(y_center, torch.Tensor):
+            yc, ys = y_center.float(), y_scale.float()
+            self.center_ = torch.quantile(yc, 0.5, dim=-1).to(y_center.dtype)
+            q = torch.quantile(ys, torch.tensor([0.25, 0.75], dtype=ys.dtype), dim=-1)
+            self.scale_ = torch.clamp((q[1] - q[0]) / IQR_TO_STD, min=self.floor).to(y_scale.dtype)
+        else:
+            yc, ys = np.asarray(y_center, dtype=np.float64), np.asarray(y_scale, dtype=np.float64)
+            self.center_ = np.quantile(yc, 0.5, axis=-1)
+            q25, q75 = np.quantile(ys, [0.25, 0.75], axis=-1)
+            self.scale_ = np.maximum((q75 - q25) / IQR_TO_STD, self.floor)
+
+    def transform(self, y: Any, return_norm: bool = False, target_scale: Any = None) -> Any:
+        out = super().transform(y, return_norm=return_norm, target_scale=target_scale)
+        if return_norm:
+            scaled, norm = out
+            return self._clip(scaled), norm
+        return self._clip(out)
+
+    def _clip(self, values: Any) -> Any:
+        if isinstance(values, torch.Tensor):
+            return values.clamp(-self.clip, self.clip)
+        if isinstance(values, pd.Series):
+            return values.clip(-self.clip, self.clip)
+        return np.clip(values, -self.clip, self.clip)
 
 
 def target_normalizer() -> MultiNormalizer:
-    """One ``EncoderNormalizer`` per target, fitted on each window's own history (not per server).
+    """One :class:`RobustWindowNormalizer` per target, fitted on each window's own history (not per server).
 
-    Centre and scale come from the encoder window: its whole history for the fast metrics, the last
-    hour's mean (scale still over the whole history) for the slow ones. The network predicts the
-    deviation from that level, so it starts from where the series is now, for any server.
+    Centre = median of the window's last hour, scale = robust spread of the whole window with a
+    per-metric floor (:data:`SCALE_FLOORS`). The network predicts the deviation from that level in
+    those units, so it starts from where the series is now, for any server.
     """
     return MultiNormalizer([
-        EncoderNormalizer(method="standard",
-                          max_length=[RECENT_CENTER_STEPS, schema.ENCODER_STEPS] if t in SLOW_TARGETS else None)
+        RobustWindowNormalizer(max_length=[CENTER_STEPS, schema.ENCODER_STEPS], floor=SCALE_FLOORS[t])
         for t in TARGETS
     ])
 
