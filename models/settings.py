@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                                 "same schema)")
     alerts_file: Path = env("FLEETCAST_ALERTS_FILE", ALERTS_FILE, "models/alerts.yaml",
                             "alert rules (thresholds) the service raises alerts with")
+    alert_gate_tolerance: float = env("FLEETCAST_ALERT_GATE_TOLERANCE", 0.05, None,
+                                      "promotion gate: a candidate whose alert backtest recall (>= 1 h) or "
+                                      "precision of onsets is more than this below the champion's is not promoted")
 
 
 def get_settings() -> Settings:

@@ -126,7 +126,7 @@ class PredictionEngine:
         self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
         self.alert_config = alert_config or alert_rules.load_config()
         self.history_steps = history_steps
-        self.alerts = alert_rules.AlertBook()
+        self.alerts = alert_rules.AlertBook(self.alert_config.open_minutes, self.alert_config.close_minutes)
         self.delivery = delivery  # serving.delivery.AlertDelivery (or None): told the active alerts per refresh
         self.exposition = ForecastExposition()  # the latest entries as Prometheus series
         self.guard = guard  # model or best naive per server and metric (None: always the model)
@@ -171,16 +171,18 @@ class PredictionEngine:
             for name, fc in forecasts.items():
                 h = by_server[name]
                 current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
+                recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS}  # trend, already-above
                 server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
-                                                              fc.origin, current, self.alert_config)
-                self.alerts.update(name, server_alerts, now)
+                                                              fc.origin, current, self.alert_config, recent)
+                self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+                server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
                 if fc.profile not in thresholds:
                     thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
                 entries[name] = build_entry(fc, h.tail(self.history_steps), server_alerts, thresholds[fc.profile],
                                             sources.get(name))
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
-                self.alerts.update(name, [], now)
+                self.alerts.clear(name)
             self._publish(entries, dropped, now)
             self._guard_report(sources, dropped)
             self._deliver()
