@@ -34,7 +34,7 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-from models import features, fused, inference, schema
+from models import features, fused, grid, inference, schema
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +462,7 @@ class Forecaster:
 
     def _predict(self, history: pd.DataFrame) -> tuple[np.ndarray, list[str], pd.DataFrame]:
         """(quantile array, server of each row, per-server info indexed by server_name)."""
+        history = on_grid(history, self.max_encoder_length)
         builder = self._tensor_builder
         if builder is not None:
             aligned = inference.align_history(history, self.max_encoder_length, self.min_encoder_length)
@@ -482,6 +483,18 @@ class Forecaster:
         dataset = features.dataset_from_parameters(self.inference_parameters, frame, predict=True)
         values, index = predict_dataset(self.model, dataset)
         return values, index[schema.SERVER].tolist(), info
+
+
+def on_grid(history: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """``history`` unchanged when every timestamp is on the 5-minute grid (the store's history, training
+    frames); otherwise put on it by the one alignment policy (:func:`models.grid.align`, averaging the
+    records of a bucket), so off-grid records give the same inputs as through the feed store."""
+    if history.empty or schema.TIMESTAMP not in history.columns:
+        return history
+    ns = pd.DatetimeIndex(pd.to_datetime(history[schema.TIMESTAMP])).as_unit("ns").asi8
+    if not (ns % int(schema.STEP.value)).any():
+        return history
+    return grid.align(history, steps=steps)
 
 
 def forecasts_to_frame(forecasts: dict[str, ServerForecast]) -> pd.DataFrame:
