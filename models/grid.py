@@ -15,7 +15,8 @@ Policy
 - a **longer gap cuts** the series: nothing is invented across it. Serving keeps only the contiguous
   tail after the last long gap (``segments="last"``); training keeps every segment as a series of its
   own (``segments="all"``: the segments before the last are named ``<server>@<first step>``, the last
-  one keeps the server's name), so a training window never spans a long gap either;
+  one keeps the server's name), so a training window never spans a long gap either; ``"keep"``
+  keeps every segment under the server's name, the long gaps left as gaps (the production dataset);
 - each server's profile is its newest declared one;
 - ``steps``: only each server's last ``steps`` grid steps (ending at its newest bucket) are read.
 
@@ -36,7 +37,7 @@ MAX_GAP_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones cut the
 _STEP_NS = int(schema.STEP.value)
 _METRICS = list(schema.METRICS)
 
-Segments = Literal["last", "all"]
+Segments = Literal["last", "all", "keep"]
 
 
 def _buckets(raw: pd.DataFrame) -> pd.DataFrame:
@@ -154,7 +155,7 @@ def align(raw: pd.DataFrame, max_gap_steps: int = MAX_GAP_STEPS, steps: int | No
     names = servers.astype(object)[flat_server]
     if segments == "last":
         keep_row &= seg == last_seg[flat_server]
-    else:
+    elif segments == "all":
         earlier = keep_row & (seg < last_seg[flat_server])
         if earlier.any():
             seg_start = pd.Series(np.arange(total)[earlier]).groupby(

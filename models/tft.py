@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -197,17 +198,28 @@ def train_tft(
     model_settings: ModelSettings | None = None,
     train_settings: TrainSettings | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    init: Forecaster | None = None,
 ) -> TrainResult:
     """Train a TFT on ``train_frame`` (a :func:`models.features.prepare_frame` output).
 
     ``val_dataset_builder`` gets the fitted dataset parameters and returns the validation dataset
     (see :func:`models.evaluation.validation_dataset`); without it no validation loss is computed.
+
+    ``init``: fine-tune, starting from that forecaster's weights and with its dataset parameters
+    (encoders, normalizers; its network size wins over ``model_settings``, whose learning rate is
+    used). The forecaster itself is not changed. Its training servers stay "seen".
     """
     ts = train_settings or TrainSettings()
     pl.seed_everything(ts.seed, workers=True, verbose=False)
     started = time.perf_counter()
-    train_ds = features.build_training_dataset(train_frame)
-    model = build_model(train_ds, model_settings)
+    if init is None:
+        train_ds = features.build_training_dataset(train_frame)
+        model = build_model(train_ds, model_settings)
+    else:
+        # the champion's own encoders and normalizers, any time range (a trace from 2014 trains too)
+        train_ds = TimeSeriesDataSet.from_parameters(init.inference_parameters, train_frame, predict=False)
+        model = deepcopy(init.model).train()
+        model.hparams.learning_rate = (model_settings or ModelSettings()).learning_rate
     train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
     val_loader = None
     if val_dataset_builder is not None:
@@ -234,6 +246,8 @@ def train_tft(
         trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     model = model.cpu().eval()
     servers = frozenset(train_frame[schema.SERVER].unique().tolist())
+    if init is not None:
+        servers |= init.training_servers
     return TrainResult(model=model, history=history.records, training_servers=servers,
                        seconds=time.perf_counter() - started, n_train_samples=len(train_ds))
 

@@ -184,6 +184,14 @@ class FeedStore:
         """Model-ready history: last <= ``steps`` aligned, gap-filled steps per server (see module doc)."""
         return align_history(self.raw_window(servers, steps), steps=steps, max_gap_steps=max_gap_steps)
 
+    def server_days(self) -> int:
+        """Distinct (server, UTC day) pairs held: how much feed there is to learn from (the sensor's count)."""
+        day = sa.func.date(records_table.c[schema.TIMESTAMP])
+        query = sa.select(sa.func.count()).select_from(
+            sa.select(records_table.c[schema.SERVER], day).distinct().subquery())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def export_frame(self) -> pd.DataFrame:
         """The whole store as a long-format DataFrame with the contract's columns (for retraining)."""
         with self.engine.connect() as conn:

@@ -5,4 +5,5 @@
 - evaluation.py: ``model_evaluation`` (group ``training``)
 - promotion.py: ``registered_model``, ``champion_model`` (group ``training``)
 - packaging.py: ``bento_model`` (group ``serving``)
+- feed.py: ``production_dataset`` (group ``feed``): the feed store read back for production training
 """
