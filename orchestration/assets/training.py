@@ -76,18 +76,19 @@ def _checkpoint_path(run_id: str) -> Path:
     return config.data_dir() / "models" / run_id / "tft.pt"
 
 
-def load_production_dataset() -> pd.DataFrame:
-    """The last materialized ``production_dataset`` (its Parquet file, as the IO manager wrote it)."""
-    path = dataset_path("production_dataset")
+def load_dataset(name: str) -> pd.DataFrame:
+    """The last materialized ``fleet_dataset`` / ``production_dataset`` (its Parquet file, as the IO
+    manager wrote it). Read only when the run's source needs it: a feed-only run never needs the
+    simulated dataset, a simulated run never reads the feed."""
+    path = dataset_path(name)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: materialize production_dataset first "
-                                "(the feed_retrain job does)")
+        raise FileNotFoundError(f"{path} does not exist: materialize {name} first")
     return pd.read_parquet(path)
 
 
 @dg.asset(
     group_name=GROUP,
-    deps=[dg.AssetKey("production_dataset")],
+    deps=[dg.AssetKey("fleet_dataset"), dg.AssetKey("production_dataset")],
     description="The evaluation protocol, once per run. source=simulated: fleet_dataset, 80/20 split by "
                 "time, two held-out (unseen) servers (models.evaluation.prepare_experiment); source=feed or "
                 "mixed: production_dataset, first 80 % of feed time trains (+ the simulated training part "
@@ -95,16 +96,15 @@ def load_production_dataset() -> pd.DataFrame:
                 "every 2 h. tft_model, model_evaluation and champion_model all use this one split.",
     kinds={"pandas"},
 )
-def experiment_split(context: dg.AssetExecutionContext, config: SplitConfig, fleet_dataset: pd.DataFrame
-                     ) -> dg.Output[evaluation.Experiment]:
+def experiment_split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Output[evaluation.Experiment]:
     if config.source not in production.SOURCES:
         raise ValueError(f"unknown source {config.source!r}; choose one of {', '.join(production.SOURCES)}")
     if config.source == "simulated":
-        exp = evaluation.prepare_experiment(fleet_dataset)
+        exp = evaluation.prepare_experiment(load_dataset("fleet_dataset"))
     else:
-        feed = load_production_dataset()
         exp = production.prepare_production_experiment(
-            feed, simulated=fleet_dataset if config.source == "mixed" else None)
+            load_dataset("production_dataset"),
+            simulated=load_dataset("fleet_dataset") if config.source == "mixed" else None)
     s = exp.summary()
     context.log.info(f"split at {s['cutoff']}: {len(s['seen_servers'])} seen, unseen {s['unseen_servers']}, "
                      f"{s['n_windows']} + {s['n_unseen_windows']} validation windows, dataset {s['fingerprint']}")
