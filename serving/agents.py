@@ -46,6 +46,7 @@ from serving.ingest import PROFILE_SOURCE_KEY, IngestError
 
 CPU, MEM, DISK, LOAD = schema.METRICS
 IDLE_STATES = frozenset({"idle", "iowait", "wait"})
+_INFINITE = (math.inf, -math.inf)
 _PORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:]+):\d+$")
 
 
@@ -200,45 +201,87 @@ def parse_write_request(data: bytes) -> Any:
 
 
 def decode_remote_write(request: Any, combiner: Combiner, config: RemoteWriteConfig) -> Decoded:
+    """The request's series -> records (a tight loop: remote write is the high-volume path)."""
     out = Decoded()
-    touched: dict[tuple[str, float], None] = {}
-    root = config.root_mount
+    parts: dict[tuple[str, float], dict[str, Any]] = {}  # this request's parts per (server, time)
+    counters = combiner._counters
+    root, server_label, profile_label = config.root_mount, config.server_label, config.profile_label
+    profile_source = f"label:{profile_label}"
     with combiner.lock:
         for series in request.timeseries:
             labels = {label.name: label.value for label in series.labels}
             name = labels.get("__name__", "")
-            n = len(series.samples)
+            samples = series.samples
+            n = len(samples)
             out.samples += n
             if name not in _RW_USED:
                 out.ignored[name or "(no __name__)"] += n
                 continue
-            instance = labels.get(config.server_label)
+            instance = labels.get(server_label)
             if not instance:
-                out.ignored[f"{name} without the {config.server_label} label"] += n
+                out.ignored[f"{name} without the {server_label} label"] += n
                 continue
             if name.startswith("node_filesystem") and labels.get("mountpoint") != root:
                 out.ignored[f"{name} of other mounts"] += n
                 continue
             server = server_from_instance(instance)
-            profile = labels.get(config.profile_label) or None
+            profile = labels.get(profile_label) or None
             gauge = _RW_GAUGES.get(name)
-            if gauge is None:
-                key = (server, labels.get("cpu", ""), labels.get("mode", ""))
-                mode = labels.get("mode", "")
-            for sample in series.samples:
+            if gauge is not None:
+                for sample in samples:
+                    value = sample.value
+                    if value != value or value in _INFINITE:  # staleness markers are NaN
+                        continue
+                    key = (server, sample.timestamp / 1000.0)
+                    part = parts.get(key)
+                    if part is None:
+                        part = parts[key] = {}
+                    part[gauge] = value
+                    if profile is not None:
+                        part["profile"] = profile
+                continue
+            key_c = (server, labels.get("cpu", ""), labels.get("mode", ""))
+            idle = labels.get("mode", "") in IDLE_STATES
+            previous = counters.get(key_c)
+            last_t, last_v = previous if previous is not None else (None, 0.0)
+            for sample in samples:
                 value = sample.value
-                if not _finite(value):  # staleness markers are NaN
+                if value != value or value in _INFINITE:
                     continue
                 t = sample.timestamp / 1000.0
-                slot = combiner.slot(server, t)
-                if profile is not None:
-                    slot["profile"], slot["profile_source"] = profile, f"label:{config.profile_label}"
-                if gauge is not None:
-                    slot[gauge] = value
-                elif not _add_cpu_counter(combiner, slot, key, t, value, mode):
+                if last_t is not None and t <= last_t:  # a resend: counted already
                     continue
-                touched[(server, t)] = None
-        _emit(combiner, touched, out)
+                if last_t is not None:
+                    delta = value - last_v if value >= last_v else value  # lower: the counter was reset
+                    key = (server, t)
+                    part = parts.get(key)
+                    if part is None:
+                        part = parts[key] = {}
+                    part["cpu_total"] = part.get("cpu_total", 0.0) + delta
+                    if not idle:
+                        part["cpu_busy"] = part.get("cpu_busy", 0.0) + delta
+                    if profile is not None:
+                        part["profile"] = profile
+                last_t, last_v = t, value
+            if last_t is not None:
+                if previous is None and len(counters) >= combiner.max_counters:
+                    for old in list(counters)[: combiner.max_counters // 2]:
+                        del counters[old]
+                counters[key_c] = (last_t, last_v)
+        for (server, t), part in parts.items():
+            slot = combiner.slot(server, t)
+            for k, v in part.items():
+                if k in ("cpu_total", "cpu_busy"):
+                    slot[k] = slot.get(k, 0.0) + v
+                else:
+                    slot[k] = v
+            if "cpu_total" in slot:
+                slot.setdefault("cpu_busy", 0.0)
+            if "profile" in part:
+                slot["profile_source"] = profile_source
+            record = _record(server, t, slot)
+            if record is not None:
+                out.items.append(record)
     return out
 
 
