@@ -309,8 +309,9 @@ def parse_otlp(data: bytes, media: str) -> Any:
             raise IngestError(400, "body is not OTLP/JSON: an ExportMetricsServiceRequest is a JSON object")
         try:
             json_format.ParseDict(payload, request, ignore_unknown_fields=True)
-        except (json_format.ParseError, RecursionError) as exc:
-            raise IngestError(400, f"body is not an OTLP/JSON ExportMetricsServiceRequest: {exc}") from None
+        except Exception as exc:  # ParseError, and what odd values raise inside protobuf (never a 500)
+            raise IngestError(400, "body is not an OTLP/JSON ExportMetricsServiceRequest: "
+                                   f"{str(exc)[:300] or type(exc).__name__}") from None
         return request
     try:
         request.ParseFromString(data)
