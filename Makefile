@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-dashboard \
-        bench-soak bench-alerts calibrate-alerts debian-packages chromium clean
+        bench-soak bench-alerts calibrate-alerts bench-ingest debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,12 @@ install: $(STAMP)
 #   chromium                  the dashboard's real-browser smoke test
 #   prometheus, -alertmanager Alertmanager delivery and Prometheus scrape/remote-write tests
 #   prometheus-node-exporter  the real agent behind Prometheus remote write
-#   collectd-core, libyajl2   collectd with write_http (its JSON output needs libyajl)
+#   collectd-core, libyajl2   collectd with write_http (its JSON output needs libyajl,
+#   libcurl3-gnutls           its HTTP client libcurl-gnutls: collectd-core only suggests both)
 #   iproute2                  `ip netns`: the service test with a peer that is not loopback
 # Installed only when a command is missing; needs root or sudo.
 DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager prometheus-node-exporter collectd-core libyajl2 \
-                   iproute2
+                   libcurl3-gnutls iproute2
 DEBIAN_COMMANDS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-alertmanager \
                    /usr/bin/prometheus-node-exporter /usr/sbin/collectd /usr/sbin/ip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -37,6 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 debian-packages:
 	@missing=0; for c in $(DEBIAN_COMMANDS); do [ -x "$$c" ] || missing=1; done; \
 	ldconfig -p 2>/dev/null | grep -q libyajl.so.2 || missing=1; \
+	ldconfig -p 2>/dev/null | grep -q libcurl-gnutls.so.4 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
@@ -89,6 +91,10 @@ bench-soak: install
 PRESET ?= demo
 bench-real-retrain: install
 	$(BIN)/python tests/benchmarks/bench_real_retrain.py --preset $(PRESET)
+
+# ingest throughput per format (remote write, OTLP protobuf/JSON, collectd JSON, fleetcast JSON) over loopback
+bench-ingest: install
+	$(BIN)/python tests/benchmarks/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

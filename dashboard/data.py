@@ -249,7 +249,9 @@ class FleetForecasts:
         hist = pd.DataFrame(
             {
                 "time": pd.to_datetime(history.get("timestamps") or []),
-                "actual": pd.Series(history.get(metric) or [], dtype=float),
+                # a metric the server never reports is null: a column of NaN as long as the times
+                "actual": pd.Series(history.get(metric) or [np.nan] * len(history.get("timestamps") or []),
+                                    dtype=float),
             }
         )
         forecast = p.get("forecast") or {}

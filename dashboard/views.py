@@ -152,7 +152,8 @@ def render_server_detail(snap: Snapshot) -> None:
     current = pred.get("current") or {}
     predicted = pred.get("predicted") or {}
     st.markdown(
-        f"**{server}** · profile `{pred.get('profile', '?')}` · risk **{pred.get('risk_level', '?')}** · "
+        f"**{server}** · profile `{pred.get('profile', '?')}` ({_profile_source(pred.get('profile_source'))})"
+        f" · risk **{pred.get('risk_level', '?')}** · "
         f"confidence {float(pred.get('confidence') or 0):.0%} · "
         f"{'seen in training' if pred.get('seen_in_training') else 'not seen in training (forecast from its profile)'}"
         f" · {pred.get('history_steps', '?')} steps of history · last sample {_ago(current.get('timestamp'))}"
@@ -173,9 +174,20 @@ def render_server_detail(snap: Snapshot) -> None:
             )
             if now is not None and later is not None:
                 st.caption(f"now {float(now):.1f} → P50 in 8 h {float(later):.1f}")
+            elif metric in (pred.get("missing_metrics") or {}):
+                st.caption(f"not reported by {server}: no forecast and no alert for it")
     if server_alerts:
         st.markdown(f"**Alerts on {server}**")
         _alerts_table(alerts_frame(server_alerts), key="detail_alerts", drop=("server_name", "profile"))
+
+
+def _profile_source(source: str | None) -> str:
+    """Where the service took a server's profile from, in words (docs/api.md, "Profiles")."""
+    if not source or source == "default":
+        return "default: no profile sent, no mapping matched"
+    kind, _, detail = source.partition(":")
+    return {"record": "sent with its records", "label": f"label `{detail}`", "attribute": f"attribute `{detail}`",
+            "mapping": f"mapping file pattern `{detail}`"}.get(kind, source)
 
 
 # --- alerts -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 # --- sizes and cadence -------------------------------------------------------------------------------
 STEP_MINUTES = 5
@@ -232,6 +232,24 @@ class Record(BaseModel):
         if not isinstance(value, str):
             raise ValueError("profile must be a string")
         return value.strip().lower()
+
+
+class PartialRecord(Record):
+    """A record as a shipper may send it: any non-empty subset of the four metrics (collectd posts cpu,
+    memory, df and load separately; Prometheus and OTLP series arrive one by one). The feed store merges
+    the parts per (server, 5-minute bucket); a metric a server never reports stays missing (no value is
+    made up for it)."""
+
+    cpu_percent: float | None = Field(None, allow_inf_nan=False, **_bounds("cpu_percent"))  # type: ignore[assignment]
+    memory_percent: float | None = Field(None, allow_inf_nan=False, **_bounds("memory_percent"))  # type: ignore[assignment]
+    disk_percent: float | None = Field(None, allow_inf_nan=False, **_bounds("disk_percent"))  # type: ignore[assignment]
+    load_average: float | None = Field(None, allow_inf_nan=False, **_bounds("load_average"))  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _some_metric(self) -> PartialRecord:
+        if all(getattr(self, m) is None for m in METRICS):
+            raise ValueError(f"no metric: a record needs at least one of {', '.join(METRICS)}")
+        return self
 
 
 def empty_frame() -> pd.DataFrame:

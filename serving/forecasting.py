@@ -63,11 +63,35 @@ def confidence(quantiles: dict[str, np.ndarray], history_steps: int, seen_in_tra
     return round(float(np.clip(value, 0.0, 1.0)), 2)
 
 
-def _history_block(history: pd.DataFrame) -> dict[str, Any]:
+def _history_block(history: pd.DataFrame, missing: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "timestamps": schema.iso_many(history[schema.TIMESTAMP].to_numpy()),
-        **{m: _r(history[m].to_numpy()) for m in schema.METRICS},
+        **{m: (None if m in missing else _r(history[m].to_numpy())) for m in schema.METRICS},
     }
+
+
+MISSING_NOTE = "never reported by this server: no forecast and no alert for it"
+
+
+def fill_missing_metrics(history: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[str, ...]]]:
+    """Partial records leave NaN in the aligned history. A metric a server reported at some steps is carried
+    to its other steps (forward, then back); one it never reported in the window is *missing*: the model
+    still needs an input there, so it gets the fleet's median of that metric (or 0), and the server's answer
+    then has no forecast, no value and no alert for it. Returns the filled history and the missing metrics
+    per server."""
+    metrics = list(schema.METRICS)
+    if history.empty or not history[metrics].isna().to_numpy().any():
+        return history, {}
+    out = history.copy()
+    grouped = out.groupby(schema.SERVER, sort=False)[metrics]
+    never = grouped.count().eq(0)
+    out[metrics] = grouped.ffill()
+    out[metrics] = out[metrics].fillna(out.groupby(schema.SERVER, sort=False)[metrics].bfill())
+    for m in metrics:
+        median = out[m].median()
+        out[m] = out[m].fillna(0.0 if pd.isna(median) else float(median))
+    missing = {str(server): tuple(m for m in metrics if row[m]) for server, row in never.iterrows() if row.any()}
+    return out, missing
 
 
 def rule_thresholds(config: alert_rules.AlertConfig, profile: str | None) -> dict[str, dict[str, float]]:
@@ -77,36 +101,44 @@ def rule_thresholds(config: alert_rules.AlertConfig, profile: str | None) -> dic
 
 def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]],
                 thresholds: dict[str, dict[str, float]] | None = None,
-                sources: dict[str, str] | None = None) -> dict[str, Any]:
+                sources: dict[str, str] | None = None, missing: tuple[str, ...] = (),
+                profile_source: str | None = None) -> dict[str, Any]:
     """One element of GET /predictions (with ``history``) from a forecast and its server's history.
 
     ``thresholds``: the alert thresholds the service applies to this server (:func:`rule_thresholds`),
     so a client draws the same lines the alerts are raised on (default: the rules in force now).
-    ``sources``: per metric, the forecast served (``model`` or a naive's name; default: the model)."""
+    ``sources``: per metric, the forecast served (``model`` or a naive's name; default: the model).
+    ``missing``: metrics the server never reported (null in ``current``/``predicted``/``history``, absent
+    from ``forecast`` and ``forecast_source``, listed in ``missing_metrics``). ``profile_source``: where
+    the profile came from."""
     if thresholds is None:
         thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
-    current = {m: round(float(last[m]), 2) for m in schema.METRICS}
+    reported = [m for m in schema.METRICS if m not in missing]
+    current: dict[str, Any] = {m: (None if m in missing else round(float(last[m]), 2)) for m in schema.METRICS}
     current["timestamp"] = schema.iso(last[schema.TIMESTAMP])
-    predicted = {m: round(float(fc.quantiles[m][-1, 1]), 2) for m in schema.METRICS}
+    predicted: dict[str, Any] = {m: (None if m in missing else round(float(fc.quantiles[m][-1, 1]), 2))
+                                 for m in schema.METRICS}
     predicted["timestamp"] = schema.iso(fc.timestamps[-1])
     forecast: dict[str, Any] = {"timestamps": schema.iso_many(fc.timestamps.to_numpy())}
-    for m in schema.METRICS:
+    for m in reported:
         q = fc.quantiles[m]
         forecast[m] = {"p10": _r(q[:, 0]), "p50": _r(q[:, 1]), "p90": _r(q[:, 2])}
     return {
         "server_name": fc.server_name,
         "profile": fc.profile,
+        "profile_source": profile_source or "default",
+        "missing_metrics": {m: MISSING_NOTE for m in missing},
         "current": current,
         "predicted": predicted,
-        "confidence": confidence(fc.quantiles, fc.history_steps, fc.seen_in_training),
+        "confidence": confidence({m: fc.quantiles[m] for m in reported}, fc.history_steps, fc.seen_in_training),
         "risk_level": alert_rules.risk_level(server_alerts),
         "thresholds": thresholds,
         "seen_in_training": bool(fc.seen_in_training),
         "history_steps": int(fc.history_steps),
-        "forecast_source": {m: (sources or {}).get(m, "model") for m in schema.METRICS},
+        "forecast_source": {m: (sources or {}).get(m, "model") for m in reported},
         "forecast": forecast,
-        "history": _history_block(history),
+        "history": _history_block(history, missing),
     }
 
 
@@ -159,8 +191,10 @@ class PredictionEngine:
                 return 0
             started = time.perf_counter()
             servers = self.store.servers_received_since(None if force else self._seen)
-            history = self.store.history(servers, steps=self.read_steps)
+            history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
             forecasts = self.forecaster.forecast(history) if not history.empty else {}
+            profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
+                self.store, "profile_sources") else {}
             now = utcnow()
             by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
             sources: dict[str, dict[str, str]] = {}
@@ -170,16 +204,18 @@ class PredictionEngine:
             thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
             for name, fc in forecasts.items():
                 h = by_server[name]
-                current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
-                recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS}  # trend, already-above
-                server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
+                gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
+                current = {m: float(h[m].iloc[-1]) for m in schema.METRICS if m not in gone}
+                quantiles = {m: q for m, q in fc.quantiles.items() if m not in gone}
+                recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS if m not in gone}  # trend
+                server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
                                                               fc.origin, current, self.alert_config, recent)
                 self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
                 server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
                 if fc.profile not in thresholds:
                     thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
                 entries[name] = build_entry(fc, h.tail(self.history_steps), server_alerts, thresholds[fc.profile],
-                                            sources.get(name))
+                                            sources.get(name), gone, profile_sources.get(name))
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
                 self.alerts.clear(name)

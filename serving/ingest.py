@@ -29,9 +29,11 @@ What is refused where
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
+import os
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +43,11 @@ import pandas as pd
 from pydantic import ValidationError
 
 from models import schema
+from serving.profiles import SOURCE_RECORD, ProfileMap
 from serving.settings import get_settings
+from serving.store import PROFILE_SOURCE
+
+PROFILE_SOURCE_KEY = "_profile_source"  # on items an agent format built: where their profile came from
 
 JSON_TYPES = ("application/json", "text/json")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
@@ -71,9 +77,20 @@ class Limits(NamedTuple):
 
     @classmethod
     def now(cls) -> Limits:
-        s = get_settings()
-        return cls(s.max_body_bytes, s.max_records, timedelta(days=s.max_record_age_days),
-                   timedelta(minutes=s.max_future_minutes))
+        """As the environment says now; built once per distinct value of the four variables (building
+        the whole settings class takes milliseconds, too much for every remote-write request)."""
+        return _limits_for(tuple(os.environ.get(name) for name in _LIMIT_VARIABLES))
+
+
+_LIMIT_VARIABLES = ("FLEETCAST_MAX_BODY_BYTES", "FLEETCAST_MAX_RECORDS", "FLEETCAST_MAX_RECORD_AGE_DAYS",
+                    "FLEETCAST_MAX_FUTURE_MINUTES")
+
+
+@functools.lru_cache(maxsize=16)
+def _limits_for(_values: tuple[str | None, ...]) -> Limits:
+    s = get_settings()
+    return Limits(s.max_body_bytes, s.max_records, timedelta(days=s.max_record_age_days),
+                  timedelta(minutes=s.max_future_minutes))
 
 
 class IngestError(Exception):
@@ -243,6 +260,7 @@ class IngestResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     stored: int = 0
+    values_rejected: int = 0  # bad values in records whose other values were stored
 
     @property
     def status_code(self) -> int:
@@ -255,18 +273,36 @@ class IngestResult:
             status = "partial"
         else:
             status = "success"
-        return {"status": status, "records_processed": len(self.rows), "records_rejected": len(self.errors),
+        return {"status": status, "records_processed": len(self.rows),
+                "records_rejected": len(self.errors) - self.values_rejected,
                 "errors": self.errors, "warnings": self.warnings}
 
 
-def validate_items(items: list[Any], now: datetime | None = None, limits: Limits | None = None) -> IngestResult:
-    """Validate each item with ``schema.Record``; bad ones are named by index, good ones become rows.
+def _metric_errors(exc: ValidationError) -> set[str] | None:
+    """The metrics whose values failed, when only metric values failed (else None: the record fails)."""
+    bad: set[str] = set()
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc", ())
+        if not loc or loc[0] not in schema.METRICS:
+            return None
+        bad.add(str(loc[0]))
+    return bad
 
-    ``now`` (UTC, naive) is the reference of the time window (default: the wall clock): records older
-    than ``limits.max_age`` or more than ``limits.max_future`` ahead of it are rejected. A record for a
-    (server, timestamp) already in this batch replaces the earlier one (a warning names both).
+
+def validate_items(items: list[Any], now: datetime | None = None, limits: Limits | None = None,
+                   profiles: ProfileMap | None = None, trusted_sources: bool = False) -> IngestResult:
+    """Validate each item with ``schema.PartialRecord``; bad ones are named by index, good ones become rows.
+
+    A record may carry any subset of the four metrics. A bad metric value costs only itself: the
+    record's other values are stored and its ``errors`` entry says which were ``kept``. ``now`` (UTC,
+    naive) is the reference of the time window (default: the wall clock): records older than
+    ``limits.max_age`` or more than ``limits.max_future`` ahead of it are rejected. Records for a
+    (server, timestamp) already in this batch are merged into it (a warning names both). The profile is
+    resolved by ``profiles`` (serving/profiles.py); ``trusted_sources``: items built by an agent format
+    carry ``_profile_source`` (the label or attribute the profile came from).
     """
     limits = limits or Limits.now()
+    profiles = profiles or ProfileMap()
     reference = now or pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
     latest, earliest = reference + limits.max_future, reference - limits.max_age
     shown = reference.replace(microsecond=0).isoformat()
@@ -281,11 +317,22 @@ def validate_items(items: list[Any], now: datetime | None = None, limits: Limits
             result.errors.append({"index": index,
                                   "error": f"record must be a JSON object, got {_json_type(item)}"})
             continue
+        candidate = apply_aliases(item)
+        value_error: dict[str, Any] | None = None
         try:
-            record = schema.Record.model_validate(apply_aliases(item))
+            record = schema.PartialRecord.model_validate(candidate)
         except ValidationError as exc:
-            result.errors.append({"index": index, "error": _format_error(exc)})
-            continue
+            bad = _metric_errors(exc)
+            kept = [m for m in schema.METRICS if candidate.get(m) is not None and m not in (bad or ())]
+            if not bad or not kept:
+                result.errors.append({"index": index, "error": _format_error(exc)})
+                continue
+            try:
+                record = schema.PartialRecord.model_validate({k: v for k, v in candidate.items() if k not in bad})
+            except ValidationError as again:  # something else failed too: the record goes
+                result.errors.append({"index": index, "error": _format_error(again)})
+                continue
+            value_error = {"index": index, "error": _format_error(exc), "kept": kept}
         if record.timestamp > latest:
             result.errors.append({"index": index, "error": (
                 f"timestamp: {record.timestamp.isoformat()} is more than {_span(limits.max_future)} in the "
@@ -296,18 +343,29 @@ def validate_items(items: list[Any], now: datetime | None = None, limits: Limits
                 f"timestamp: {record.timestamp.isoformat()} is more than {_span(limits.max_age)} old "
                 f"(server time {shown} UTC; FLEETCAST_MAX_RECORD_AGE_DAYS)")})
             continue
+        if value_error is not None:
+            result.errors.append(value_error)
+            result.values_rejected += 1
         row = record.model_dump()
-        profile, known = schema.normalize_profile(record.profile)
-        if not known:
+        sent = candidate.get(schema.PROFILE)
+        sent_source = item.get(PROFILE_SOURCE_KEY) if trusted_sources else None
+        profile, source, unknown = profiles.resolve(record.server_name, record.profile if sent is not None else None,
+                                                    str(sent_source or SOURCE_RECORD))
+        if unknown:
             result.warnings.append({"index": index, "warning": f"unknown profile "
                                     f"{_shorten(record.profile)} mapped to {profile!r}"})
         row[schema.PROFILE] = profile
+        row[PROFILE_SOURCE] = source
         key = (record.server_name, record.timestamp)
         if key in seen:
             position = seen[key]
             result.warnings.append({"index": index, "warning": (
                 f"same server_name and timestamp as record {result.row_index[position]}: "
-                "merged, this later one kept")})
+                "merged, the values this later one carries kept")})
+            earlier = result.rows[position]
+            for m in schema.METRICS:
+                if row[m] is None:
+                    row[m] = earlier[m]
             result.rows[position] = row
             result.row_index[position] = index
             continue
@@ -330,7 +388,8 @@ def _shorten(text: str, limit: int = 40) -> str:
 
 
 def ingest_items(store: Any, items: list[Any], now: datetime | None = None,
-                 max_records: int | None = None, limits: Limits | None = None) -> IngestResult:
+                 max_records: int | None = None, limits: Limits | None = None,
+                 profiles: ProfileMap | None = None, trusted_sources: bool = False) -> IngestResult:
     """Validate ``items`` and commit the valid ones to ``store`` (a :class:`serving.store.FeedStore`);
     413 for more than ``max_records`` (default: ``limits.records``, ``FLEETCAST_MAX_RECORDS``)."""
     limits = limits or Limits.now()
@@ -338,6 +397,6 @@ def ingest_items(store: Any, items: list[Any], now: datetime | None = None,
     if len(items) > limit:
         raise IngestError(413, f"{len(items)} records in one request; at most {limit} "
                                "(FLEETCAST_MAX_RECORDS): split the batch")
-    result = validate_items(items, now=now, limits=limits)
+    result = validate_items(items, now=now, limits=limits, profiles=profiles, trusted_sources=trusted_sources)
     result.stored = store.upsert(result.rows)
     return result

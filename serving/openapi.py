@@ -23,12 +23,14 @@ class Problem(BaseModel):
 
 
 class RecordError(BaseModel):
-    index: int = Field(description="the record's position in the request (0-based; NDJSON: non-empty line)")
+    index: int | None = Field(description="the record's position in the request (0-based; NDJSON: non-empty "
+                                          "line); null for a record built from collectd value lists")
     error: str = Field(description="`<field>: <what is wrong>`")
+    kept: list[str] | None = Field(None, description="only a value was bad: the record's other metrics, stored")
 
 
 class RecordWarning(BaseModel):
-    index: int
+    index: int | None
     warning: str = Field(description="a record stored with a change (profile mapped, duplicate merged)")
 
 
@@ -47,7 +49,7 @@ class FeedRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    records: list[schema.Record] = Field(min_length=1)
+    records: list[schema.PartialRecord] = Field(min_length=1)
 
 
 class ScenarioRequest(BaseModel):
@@ -180,6 +182,23 @@ FORECAST_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _answer(Problem, "unknown metric"),
     **NO_MODEL,
 }
+REMOTE_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "every record built from the samples stored"},
+    400: _answer(Problem, "not snappy, not a WriteRequest, or records rejected (named; the others stored)"),
+    413: _answer(Problem, "body or record count over the caps"),
+    415: _answer(Problem, "a Content-Encoding other than snappy"),
+    **WRITE_GUARD,
+}
+_OTLP_BODY = {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+              "application/json": {"schema": {"type": "object"}}}
+OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "an ExportMetricsServiceResponse (partial_success: rejected points, ignored metrics)",
+          "content": _OTLP_BODY},
+    400: {"description": "a google.rpc.Status: the body is not an ExportMetricsServiceRequest", "content": _OTLP_BODY},
+    413: {"description": "a google.rpc.Status: body or record count over the caps", "content": _OTLP_BODY},
+    415: {"description": "a google.rpc.Status: another Content-Type or Content-Encoding", "content": _OTLP_BODY},
+    **WRITE_GUARD,
+}
 SCENARIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _answer(ScenarioSet, "scenario applied"),
     400: _answer(Problem, "malformed JSON"),
@@ -210,7 +229,7 @@ def _inline(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def feed_request_body() -> dict[str, Any]:
-    record = _inline(schema.Record)
+    record = _inline(schema.PartialRecord)
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"anyOf": [
             _inline(FeedRequest),
@@ -218,6 +237,20 @@ def feed_request_body() -> dict[str, Any]:
             record,
         ]}},
         "application/x-ndjson": {"schema": {"type": "string", "description": "one record (JSON object) a line"}},
+    }}}
+
+
+def remote_write_request_body() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/x-protobuf": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "a snappy-compressed (block format) prometheus.WriteRequest, remote write protocol 1.0"}}}}}
+
+
+def otlp_request_body() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/x-protobuf": {"schema": {"type": "string", "format": "binary",
+                                              "description": "an OTLP ExportMetricsServiceRequest"}},
+        "application/json": {"schema": {"type": "object", "description": "an OTLP/JSON ExportMetricsServiceRequest"}},
     }}}
 
 

@@ -22,13 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from models import schema, simulator
+from serving import agents, exposition, ingest, model_store, pages, security
 from serving import delivery as alert_delivery
 from serving import demo_fleet as demo
-from serving import exposition, ingest, model_store, pages, security
 from serving.background import Periodic
 from serving.forecast_guard import ForecastGuard
 from serving.forecasting import PredictionEngine
 from serving.openapi import ScenarioRequest
+from serving.profiles import ProfileMap
 from serving.settings import get_settings
 from serving.store import FeedStore
 
@@ -75,6 +76,20 @@ def _refresh_reason(last_error: str | None) -> str | None:
     return f"the last forecast refresh failed ({kind}; details in the service log)"
 
 
+def _when(value: Any) -> str:
+    try:
+        return schema.iso(schema.to_utc_naive(value))
+    except (ValueError, TypeError):
+        return repr(value)[:40]
+
+
+def _ignored_text(decoded: agents.Decoded) -> str:
+    top = decoded.ignored.most_common(5)
+    shown = ", ".join(f"{name} ({n})" for name, n in top)
+    more = f" and {len(decoded.ignored) - 5} more" if len(decoded.ignored) > 5 else ""
+    return f"{decoded.ignored_samples} samples of {shown}{more}"
+
+
 class ServiceRuntime:
     def __init__(self, store: FeedStore | None = None, load_model: bool = True,
                  demo_fleet: bool | None = None) -> None:
@@ -88,6 +103,13 @@ class ServiceRuntime:
         self.refused: Counter[str] = Counter()  # write refusals by reason, for /health
         self._refused_lock = threading.Lock()
         security.trusted_proxy_list(settings.trusted_proxies)  # a malformed entry stops the start, named
+        self.profiles = ProfileMap(settings.profiles_file)  # a bad mapping file stops the start, named
+        self.remote_write_config = agents.RemoteWriteConfig(settings.remote_write_server_label,
+                                                            settings.remote_write_profile_label,
+                                                            settings.remote_write_root_mount)
+        self.combiners = {fmt: agents.Combiner() for fmt in ("remote_write", "otlp", "collectd")}
+        self.agent_counts: dict[str, Counter[str]] = {fmt: Counter() for fmt in self.combiners}
+        self._agent_lock = threading.Lock()
         if not self.token:
             logger.warning(
                 "NO FLEETCAST_API_TOKEN: POST /feed/data and /scenario/set accept writes from this host only "
@@ -216,14 +238,116 @@ class ServiceRuntime:
     # --- endpoints -----------------------------------------------------------------------------------
     def feed(self, body: bytes, content_type: str | None, content_encoding: str | None,
              limits: ingest.Limits | None = None) -> Answer:
+        """``POST /feed/data``: records in fleetcast's JSON (whole or partial), or collectd's ``write_http``
+        JSON, recognised by its shape."""
         limits = limits or ingest.Limits.now()
         try:
             data = ingest.decode_body(body, content_encoding, limits.body_bytes)
             items = ingest.parse_body(data, content_type)
-            result = ingest.ingest_items(self.store, items, limits=limits)
+            if agents.is_collectd(items):
+                return self._collectd(items, limits)
+            result = ingest.ingest_items(self.store, items, limits=limits, profiles=self.profiles)
         except ingest.IngestError as exc:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())
+
+    def _collectd(self, items: list[Any], limits: ingest.Limits) -> Answer:
+        if len(items) > limits.records:
+            raise ingest.IngestError(413, f"{len(items)} value lists in one request; at most {limits.records} "
+                                          "(FLEETCAST_MAX_RECORDS): lower collectd's BufferSize")
+        decoded, errors = agents.decode_collectd(items, self.combiners["collectd"], self.remote_write_config.root_mount)
+        result = self._store_decoded("collectd", decoded, limits)
+        for e in result.errors:  # the records built, named by server and time (not by value-list index)
+            errors.append({"index": None, "error": e["error"], **({"kept": e["kept"]} if "kept" in e else {})})
+        body = result.body() if decoded.items else {"status": "error" if errors else "success",
+                                                    "records_processed": 0, "records_rejected": 0,
+                                                    "errors": [], "warnings": []}
+        body["errors"] = errors
+        body["records_rejected"] = sum(1 for e in errors if "kept" not in e)
+        body["status"] = ("error" if not result.rows and errors else "partial" if errors else "success")
+        body["values_read"], body["values_ignored"] = decoded.samples, decoded.ignored_samples
+        if decoded.ignored:
+            body["warnings"] = [*body["warnings"], {"index": None, "warning": "ignored (not used by fleetcast): " +
+                                                    _ignored_text(decoded)}]
+        return Answer(200 if result.rows or not errors else 422, body)
+
+    def _store_decoded(self, fmt: str, decoded: agents.Decoded, limits: ingest.Limits) -> ingest.IngestResult:
+        """Decoded agent records through the one ingest path (validation, profiles, store); counted."""
+        result = ingest.validate_items(decoded.items, limits=limits, profiles=self.profiles, trusted_sources=True)
+        for e in result.errors:
+            item = decoded.items[e["index"]]
+            e["error"] = (f"server {str(item.get(schema.SERVER))[:60]!r} at "
+                          f"{_when(item.get(schema.TIMESTAMP))}: {e['error']}")
+        result.stored = self.store.upsert(result.rows)
+        with self._agent_lock:
+            counts = self.agent_counts[fmt]
+            counts["requests"] += 1
+            counts["samples"] += decoded.samples
+            counts["samples_ignored"] += decoded.ignored_samples
+            counts["records_stored"] += result.stored
+            counts["records_rejected"] += len(result.errors)
+            for name, n in decoded.ignored.items():
+                counts[f"ignored:{name}"] += n
+        return result
+
+    def remote_write(self, body: bytes, content_encoding: str | None, limits: ingest.Limits | None = None) -> Answer:
+        """``POST /api/v1/write`` (Prometheus remote write 1.0): 204 when every record was stored; 400 with
+        the reasons for a malformed body or rejected records (the valid ones are stored all the same:
+        a 4xx tells Prometheus not to retry the batch)."""
+        limits = limits or ingest.Limits.now()
+        try:
+            encoding = (content_encoding or "snappy").strip().lower()
+            if encoding != "snappy":
+                raise ingest.IngestError(415, "remote write bodies are snappy-compressed: send "
+                                              "'Content-Encoding: snappy' (protocol 1.0)")
+            request = agents.parse_write_request(agents.decode_snappy(body, limits.body_bytes))
+            decoded = agents.decode_remote_write(request, self.combiners["remote_write"], self.remote_write_config)
+            if len(decoded.items) > limits.records:
+                raise ingest.IngestError(413, f"{len(decoded.items)} records in one request; at most "
+                                              f"{limits.records} (FLEETCAST_MAX_RECORDS): lower max_samples_per_send")
+            result = self._store_decoded("remote_write", decoded, limits)
+        except ingest.IngestError as exc:
+            return error(exc.status_code, exc.detail)
+        if result.errors:
+            shown = "; ".join(e["error"] for e in result.errors[:5])
+            more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
+            return error(400, f"{len(result.errors)} of {len(decoded.items)} records rejected, the others stored: "
+                              f"{shown}{more}")
+        return Answer(204, b"")
+
+    def otlp(self, body: bytes, content_type: str | None, content_encoding: str | None,
+             limits: ingest.Limits | None = None) -> Answer:
+        """``POST /v1/metrics`` (OTLP/HTTP, protobuf or JSON): 200 with an ``ExportMetricsServiceResponse``
+        (``partial_success`` names rejected points and ignored metrics); 400 with a ``google.rpc.Status``
+        for a body that cannot be read; 415 for another Content-Type."""
+        limits = limits or ingest.Limits.now()
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media not in (agents.OTLP_PROTOBUF, agents.OTLP_JSON):
+            body_bytes, kind = agents.otlp_status(agents.OTLP_JSON, 415, "unsupported Content-Type: send "
+                                                  "application/x-protobuf or application/json (OTLP/HTTP)")
+            return Answer(415, body_bytes, {"Content-Type": kind})
+        try:
+            data = ingest.decode_body(body, content_encoding, limits.body_bytes)
+            decoded = agents.decode_otlp(agents.parse_otlp(data, media), self.combiners["otlp"],
+                                         self.remote_write_config.root_mount)
+            if len(decoded.items) > limits.records:
+                raise ingest.IngestError(413, f"{len(decoded.items)} records in one request; at most "
+                                              f"{limits.records} (FLEETCAST_MAX_RECORDS): export smaller batches")
+            result = self._store_decoded("otlp", decoded, limits)
+        except ingest.IngestError as exc:
+            body_bytes, kind = agents.otlp_status(media, exc.status_code, exc.detail)
+            return Answer(exc.status_code, body_bytes, {"Content-Type": kind})
+        parts = [e["error"] for e in result.errors[:5]]
+        if decoded.ignored:
+            parts.append("ignored (not used by fleetcast): " + _ignored_text(decoded))
+        rejected = sum(1 for e in result.errors if "kept" not in e)
+        body_bytes, kind = agents.otlp_response(media, rejected, "; ".join(parts))
+        return Answer(200, body_bytes, {"Content-Type": kind})
+
+    def agent_status(self) -> dict[str, Any]:
+        """Per agent format: requests, samples read and ignored (by metric), records stored and rejected."""
+        with self._agent_lock:
+            return {fmt: dict(sorted(c.items())) for fmt, c in self.agent_counts.items()}
 
     def predictions(self, include_history: bool = False, query: pages.Query | None = None) -> Answer:
         if self.engine is None:
@@ -280,6 +404,7 @@ class ServiceRuntime:
             "error": self.model_error or (_refresh_reason(engine.last_error) if engine else None),
             "writes": self.write_load(),
             "forecast_guard": self.guard_status(),
+            "agents": self.agent_status(),
         }
 
     def guard_status(self) -> dict[str, Any]:

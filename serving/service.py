@@ -50,6 +50,8 @@ app = FastAPI(
 
 
 def _respond(answer: Answer) -> Response:
+    if answer.status_code == 204:
+        return Response(status_code=204, headers=answer.headers)
     if isinstance(answer.body, bytes):
         return Response(answer.body, status_code=answer.status_code, media_type="application/json",
                         headers=answer.headers)
@@ -152,6 +154,22 @@ class Fleetcast:
         limits = ingest.Limits.now()
         content_type, encoding = request.headers.get("content-type"), request.headers.get("content-encoding")
         return await self._write(request, lambda body: self.runtime.feed(body, content_type, encoding, limits),
+                                 limits.body_bytes)
+
+    @app.post("/api/v1/write", summary="Prometheus remote write (protocol 1.0)",
+              openapi_extra=openapi.remote_write_request_body(), responses=openapi.REMOTE_WRITE_RESPONSES)
+    async def remote_write(self, request: Request) -> Response:
+        limits = ingest.Limits.now()
+        encoding = request.headers.get("content-encoding")
+        return await self._write(request, lambda body: self.runtime.remote_write(body, encoding, limits),
+                                 limits.body_bytes)
+
+    @app.post("/v1/metrics", summary="OTLP/HTTP metrics (protobuf or JSON)",
+              openapi_extra=openapi.otlp_request_body(), responses=openapi.OTLP_RESPONSES)
+    async def otlp_metrics(self, request: Request) -> Response:
+        limits = ingest.Limits.now()
+        content_type, encoding = request.headers.get("content-type"), request.headers.get("content-encoding")
+        return await self._write(request, lambda body: self.runtime.otlp(body, content_type, encoding, limits),
                                  limits.body_bytes)
 
     @app.get("/predictions", responses={200: {"model": openapi.Predictions}, **openapi.PAGED})

@@ -57,6 +57,18 @@ class ServiceSettings(BaseSettings):
                                              "per record")
     max_future_minutes: PositiveFloat = env("FLEETCAST_MAX_FUTURE_MINUTES", 10.0, None,
                                             "records further ahead of the server clock are rejected per record")
+    profiles_file: Path | None = env("FLEETCAST_PROFILES_FILE", None, None,
+                                     "YAML mapping of server-name patterns to profiles (`db-*: database`), first "
+                                     "match wins; used by every ingest path for records that send no known "
+                                     "profile (serving/profiles.py)")
+    remote_write_server_label: str = env("FLEETCAST_REMOTE_WRITE_SERVER_LABEL", "instance", None,
+                                         "`POST /api/v1/write`: the label that names the server (its `:port` "
+                                         "suffix is dropped)")
+    remote_write_profile_label: str = env("FLEETCAST_REMOTE_WRITE_PROFILE_LABEL", "fleetcast_profile", None,
+                                          "`POST /api/v1/write`: the label that carries the profile")
+    remote_write_root_mount: str = env("FLEETCAST_REMOTE_WRITE_ROOT_MOUNT", "/", None,
+                                       "the `mountpoint` whose `node_filesystem_*` series give `disk_percent` "
+                                       "(remote write; also collectd's df instance, `/` is `root`)")
     demo_fleet: bool = env("FLEETCAST_DEMO_FLEET", False, None,
                            "`1` starts the built-in demo fleet (`make demo` does)")
     demo_servers: int = env("FLEETCAST_DEMO_SERVERS", schema.DEFAULT_SERVERS, None, "demo fleet size")

@@ -8,8 +8,15 @@ already survives a killed process (kill -9) but may lose the last transactions o
 crash; ``FULL`` fsyncs the WAL on every commit, so a record answered with 200 survives both. Ingest
 commits once per request (one fsync per batch, not per record), so the cost stays small.
 
-Upsert: a second record for the same (server_name, timestamp) overwrites the first, so a shipper's
-retry never duplicates data.
+Upsert and merge: records may carry any subset of the four metrics (collectd, Prometheus and OTLP
+deliver them separately). A second record for the same (server_name, timestamp) fills in the metrics it
+carries and keeps the others (SQL ``COALESCE``), so parts arriving in any order give the same row, and a
+shipper's retry never duplicates data (the same value is written again). Records at different times in
+one 5-minute bucket stay separate rows and are averaged per metric when the history is read, which does
+not depend on their order either. A metric no record carried stays NULL: it is never made up.
+
+Each write also records where each server's profile came from (``server_profiles``: ``record``,
+``label:...``, ``mapping:<pattern>``, ``default``; serving/profiles.py), shown by ``GET /predictions``.
 
 Reading history (:func:`align_history`): the one alignment policy of :mod:`models.grid`, the same
 training and the MLflow model use: records at irregular times are put on the 5-minute grid (mean per
@@ -43,11 +50,40 @@ records_table = sa.Table(
     metadata,
     sa.Column(schema.SERVER, sa.String(128), primary_key=True),
     sa.Column(schema.TIMESTAMP, sa.DateTime(), primary_key=True),
-    *(sa.Column(m, sa.Float(), nullable=False) for m in schema.METRICS),
+    *(sa.Column(m, sa.Float(), nullable=True) for m in schema.METRICS),  # NULL: not reported (partial record)
     sa.Column(schema.STATUS, sa.String(16), nullable=False),
     sa.Column(schema.PROFILE, sa.String(32), nullable=False),
     sa.Column("received_at", sa.DateTime(), nullable=False, index=True),
 )
+
+profiles_table = sa.Table(
+    "server_profiles",
+    metadata,
+    sa.Column(schema.SERVER, sa.String(128), primary_key=True),
+    sa.Column("profile_source", sa.String(160), nullable=False),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+PROFILE_SOURCE = "profile_source"
+
+
+def _allow_partial_rows(engine: Engine) -> None:
+    """Stores made before partial records had NOT NULL metric columns: drop that constraint in place
+    (PostgreSQL: ALTER COLUMN; SQLite: rebuild the table in one transaction, rows kept)."""
+    columns = {c["name"]: c for c in sa.inspect(engine).get_columns("records")}
+    if all(columns[m]["nullable"] for m in schema.METRICS if m in columns):
+        return
+    logger.info("feed store: allowing partial records (metric columns become nullable)")
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            for m in schema.METRICS:
+                conn.execute(sa.text(f'ALTER TABLE records ALTER COLUMN "{m}" DROP NOT NULL'))
+            return
+        conn.execute(sa.text("ALTER TABLE records RENAME TO records_before_partial"))
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_records_received_at"))
+        records_table.create(conn)
+        names = ", ".join(f'"{c.name}"' for c in records_table.columns)
+        conn.execute(sa.text(f"INSERT INTO records ({names}) SELECT {names} FROM records_before_partial"))
+        conn.execute(sa.text("DROP TABLE records_before_partial"))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,6 +113,7 @@ class FeedStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _allow_partial_rows(self.engine)
         self._write_lock = threading.Lock()  # SQLite has one writer; serialise in-process writers
 
     # --- writing -------------------------------------------------------------------------------------
@@ -86,17 +123,28 @@ class FeedStore:
         else:
             from sqlalchemy.dialects.sqlite import insert
         stmt = insert(records_table)
-        updated = {c.name: stmt.excluded[c.name] for c in records_table.columns if not c.primary_key}
+        # a metric the new record does not carry (NULL) keeps the stored value: parts merge in any order
+        updated = {c.name: (sa.func.coalesce(stmt.excluded[c.name], records_table.c[c.name])
+                            if c.name in schema.METRICS else stmt.excluded[c.name])
+                   for c in records_table.columns if not c.primary_key}
         return stmt.on_conflict_do_update(index_elements=[schema.SERVER, schema.TIMESTAMP], set_=updated)
 
+    def _insert_source(self) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(profiles_table)
+        return stmt.on_conflict_do_update(index_elements=[schema.SERVER], set_={
+            PROFILE_SOURCE: stmt.excluded[PROFILE_SOURCE], "updated_at": stmt.excluded["updated_at"]})
+
     def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert or overwrite ``rows`` (dicts with the contract's fields) in one committed transaction."""
+        """Insert or merge ``rows`` (dicts with the contract's fields; a metric may be None: not carried)
+        in one committed transaction. A row's optional ``profile_source`` is recorded per server."""
         if not rows:
             return 0
-        # the last row for a (server, timestamp) in one batch wins, like a later request would
-        unique: dict[tuple[str, datetime], dict[str, Any]] = {}
-        for row in rows:
-            unique[(row[schema.SERVER], row[schema.TIMESTAMP])] = {c: row[c] for c in schema.COLUMNS}
+        unique = merge_rows(rows)
+        sources = {row[schema.SERVER]: str(row[PROFILE_SOURCE]) for row in rows if row.get(PROFILE_SOURCE)}
         with self._write_lock, self.engine.begin() as conn:
             # stamped under the lock: received_at grows in commit order, so a reader's watermark
             # (max received_at) never skips a batch committed later with an earlier stamp
@@ -104,7 +152,20 @@ class FeedStore:
             for values in unique.values():
                 values["received_at"] = received
             conn.execute(self._insert(), list(unique.values()))
+            if sources:
+                conn.execute(self._insert_source(), [{schema.SERVER: name, PROFILE_SOURCE: source,
+                                                      "updated_at": received} for name, source in sources.items()])
         return len(unique)
+
+    def profile_sources(self, servers: Iterable[str] | None = None) -> dict[str, str]:
+        """Where each server's profile came from (the latest write that said), by server name."""
+        query = sa.select(profiles_table.c[schema.SERVER], profiles_table.c[PROFILE_SOURCE])
+        names = None if servers is None else set(servers)
+        if names is not None and len(names) <= _MAX_IN:
+            query = query.where(profiles_table.c[schema.SERVER].in_(sorted(names)))
+        with self.engine.connect() as conn:
+            found = {r[0]: r[1] for r in conn.execute(query)}
+        return found if names is None else {k: v for k, v in found.items() if k in names}
 
     # --- reading -------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -176,6 +237,7 @@ class FeedStore:
                 frames.append(part if whole else part[part[schema.SERVER].isin(group)])
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
         frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).astype("datetime64[ns]")
+        frame[list(schema.METRICS)] = frame[list(schema.METRICS)].astype("float64")  # NULL (not reported) -> NaN
         per_server_cutoff = frame[schema.SERVER].map(lasts.set_index(schema.SERVER)["last"]) - window
         return frame[frame[schema.TIMESTAMP] > per_server_cutoff].reset_index(drop=True)
 
@@ -207,6 +269,22 @@ class FeedStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def merge_rows(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, datetime], dict[str, Any]]:
+    """Rows for the same (server, timestamp) merged into one: each metric from the last row that carries
+    it (None: not carried), status and profile from the last row, as a later request would."""
+    unique: dict[tuple[str, datetime], dict[str, Any]] = {}
+    for row in rows:
+        key = (row[schema.SERVER], row[schema.TIMESTAMP])
+        values = {c: row.get(c) for c in schema.COLUMNS}
+        before = unique.get(key)
+        if before is not None:
+            for m in schema.METRICS:
+                if values[m] is None:
+                    values[m] = before[m]
+        unique[key] = values
+    return unique
 
 
 def window_groups(lasts: pd.DataFrame, window: pd.Timedelta) -> list[tuple[list[str], pd.Timestamp, pd.Timestamp]]:

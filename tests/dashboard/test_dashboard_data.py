@@ -146,3 +146,22 @@ def test_server_frames_join_history_and_forecast() -> None:
     assert len(hist) == 288 and len(fc) == 96
     assert hist["time"].max() < fc["time"].min()
     assert (fc["p10"] <= fc["p50"]).all() and (fc["p50"] <= fc["p90"]).all()
+
+
+def test_a_metric_the_server_never_reports_is_an_empty_chart() -> None:
+    """A ``/predictions`` entry with ``missing_metrics`` (issue 11): null history, no forecast for the metric."""
+    from dashboard.data import FleetForecasts
+
+    stamps = ["2026-01-01T00:00:00", "2026-01-01T00:05:00"]
+    entry = {"server_name": "cpu-only", "profile": "generic", "profile_source": "default", "risk_level": "low",
+             "current": {"cpu_percent": 30.0, "memory_percent": None, "timestamp": stamps[-1]},
+             "predicted": {"cpu_percent": 31.0, "memory_percent": None}, "missing_metrics": {"memory_percent": "x"},
+             "history": {"timestamps": stamps, "cpu_percent": [29.0, 30.0], "memory_percent": None},
+             "forecast": {"timestamps": ["2026-01-01T00:10:00"], "cpu_percent": {"p10": [30.0], "p50": [31.0],
+                                                                                "p90": [32.0]}}}
+    fleet = FleetForecasts.from_response({"predictions": [entry]})
+    hist, fc = fleet.server_frames("cpu-only", "memory_percent")
+    assert len(hist) == 2 and hist["actual"].isna().all()
+    assert len(fc) == 1 and fc["p50"].isna().all()
+    hist, fc = fleet.server_frames("cpu-only", "cpu_percent")
+    assert hist["actual"].tolist() == [29.0, 30.0] and fc["p50"].tolist() == [31.0]

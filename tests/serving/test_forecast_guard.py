@@ -130,15 +130,18 @@ def test_without_a_guard_the_model_is_always_served(store: FeedStore) -> None:
     engine.refresh()
     entry = served(engine)
     assert set(entry["forecast_source"].values()) == {"model"} and engine.guard_status is None
+    for step in range(288, 296):  # the alert rules' persistence: the forecast holds for 30 min of data
+        post(store, step, step + 1)
+        engine.refresh()
     assert [a for a in engine.alerts.all() if a["metric"] == "cpu_percent"]  # the bad forecast alerts
 
 
 @pytest.mark.slow
 def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Path, h: Any) -> None:
     """Over HTTP: a server whose CPU repeats every day exactly (the seasonal naive is exact, the model is
-    not) is served the seasonal naive for CPU and the model for its flat metrics (the model is exact on
-    flat series too, and a tie goes to the model); /health and BentoML's /metrics count it and report the
-    skill; a server with under 2 h of history has no score yet and gets the model."""
+    not) is served the seasonal naive for CPU, and its flat metrics stay flat (the model when it is as
+    exact as the last value: a tie goes to the model; else the last value); /health and BentoML's
+    /metrics count it and report the skill; a server with under 2 h of history has no score yet and gets the model."""
     import os
 
     import httpx
@@ -163,8 +166,10 @@ def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Pat
 
         got = h.wait_for(both, timeout=120)
         daily_src = got["daily-01"]["forecast_source"]
-        assert daily_src == {"cpu_percent": "seasonal_naive", "memory_percent": "model", "disk_percent": "model",
-                             "load_average": "model"}, daily_src
+        assert daily_src["cpu_percent"] == "seasonal_naive", daily_src
+        for metric, value in flat.items():  # the model when it is as exact as the last value, else that
+            assert daily_src[metric] in ("model", "last_value"), daily_src
+            assert got["daily-01"]["forecast"][metric]["p50"][:12] == pytest.approx([value] * 12, abs=0.011)
         expected = [round(40.0 + 25.0 * np.sin(2 * np.pi * i / 288.0), 2) for i in range(576, 576 + 12)]
         assert got["daily-01"]["forecast"]["cpu_percent"]["p50"][:12] == pytest.approx(expected, abs=0.011)
         assert set(got["young-01"]["forecast_source"].values()) == {"model"}
@@ -176,7 +181,9 @@ def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Pat
         metrics = http.get("/metrics").text  # BentoML's Prometheus endpoint
         assert 'fleetcast_guard_servers{metric="cpu_percent",source="seasonal_naive"} 1.0' in metrics, metrics[-3000:]
         assert 'fleetcast_guard_servers{metric="cpu_percent",source="model"} 1.0' in metrics
-        assert 'fleetcast_guard_servers{metric="memory_percent",source="model"} 2.0' in metrics
+        memory = {source: float(line.split()[-1]) for source in ("model", "last_value") for line in metrics.splitlines()
+                  if line.startswith(f'fleetcast_guard_servers{{metric="memory_percent",source="{source}"}}')}
+        assert sum(memory.values()) == 2.0, memory
         cpu_skill = 'fleetcast_guard_skill{metric="cpu_percent"}'
         skill = [line for line in metrics.splitlines() if line.startswith(cpu_skill)]
         assert skill and float(skill[0].split()[-1]) == pytest.approx(guard["skill"]["cpu_percent"], rel=1e-3)

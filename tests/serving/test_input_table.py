@@ -1,8 +1,9 @@
 """The feed's bad-input table: each row one request to POST /feed/data, its expected status and a fragment of
 its message, always sent with one valid record whose storage is then checked in the store.
 
-- ``record`` rows: the body is ``{"records": [valid, bad]}``; one bad value costs only its own record: 200
-  ``partial``, the error names index 1 and the field, the valid record is stored.
+- ``record`` rows: the body is ``{"records": [valid, bad]}``; one bad value costs only itself: 200
+  ``partial``, the error names index 1 and the field, the valid record is stored; where the bad record's
+  other metrics are fine they are stored too (the error lists them as ``kept``).
 - ``accepted`` rows: the body is ``{"records": [valid, other]}`` and both are fine (perhaps with a
   warning): the expected fragment is in ``warnings`` (or nothing is expected), the valid record is stored.
 - ``body`` rows: the whole request is refused (the body cannot be read, or its shape or size is wrong):
@@ -161,8 +162,13 @@ ROWS: list[Row] = [
     R("cpu-1e400", "body-record", 200, "cpu_percent: Input should be a finite number",
       body=token("cpu_percent", "1e400")),
     R("cpu-array", "record", 200, "cpu_percent: Input should be a valid number", {"cpu_percent": [50]}),
-    R("cpu-null", "record", 200, "cpu_percent: Input should be a valid number", {"cpu_percent": None}),
-    R("cpu-missing", "record", 200, "cpu_percent: Field required", {"cpu_percent": MISSING}),
+    # partial records (issue 11): a metric null or absent is not reported; the parts merge per key
+    R("cpu-null", "accepted", 200, "same server_name and timestamp as record 0: merged", {"cpu_percent": None},
+      processed=1),
+    R("cpu-missing", "accepted", 200, "same server_name and timestamp as record 0: merged",
+      {"cpu_percent": MISSING}, processed=1),
+    R("no-metric", "record", 200, "no metric: a record needs at least one of",
+      {m: MISSING for m in schema.METRICS}),
     R("server-name-129", "record", 200, "server_name: String should match pattern", {"server_name": "a" * 129}),
     R("server-name-number", "record", 200, "server_name: Input should be a valid string", {"server_name": 12}),
     R("server-name-surrogate", "record", 200, "server_name: Input should be a valid string",
@@ -269,6 +275,11 @@ def test_each_input_gets_its_status_and_message_and_spares_the_valid_record(
         assert (data["records_processed"], data["records_rejected"], data["errors"]) == (expected, 0, []), data
         if row.fragment:
             assert any(row.fragment in w["warning"] and w["index"] == 1 for w in data["warnings"]), data
+    elif data["errors"][0].get("kept"):  # only a value was bad: the record's other metrics are stored
+        assert data["status"] == "partial" and data["records_rejected"] == 0, data
+        assert data["errors"][0]["index"] == 1, data
+        bad_metric = row.fragment.split(":", 1)[0]
+        assert bad_metric not in data["errors"][0]["kept"], data
     else:
         assert data["status"] == "partial" and data["records_processed"] == 1 and data["records_rejected"] == 1
         assert data["errors"][0]["index"] == 1, data
