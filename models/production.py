@@ -134,23 +134,34 @@ def prepare_production_experiment(production: pd.DataFrame, simulated: pd.DataFr
 
 
 # --- automation: when to retrain on the feed -----------------------------------------------------------
-SKILL_KEYS: tuple[str, ...] = ("fleet_skill", "rolling_skill", "skill")
+SKILL_KEYS: tuple[str, ...] = ("skill", "fleet_skill", "rolling_skill")
+SKILL_LIMIT = 1.0  # model MAE / best-naive MAE above this: the model loses to naive
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def skill_from_health(health: Any) -> float | None:
-    """The fleet's rolling skill (model MAE / best-naive MAE) from a /health document, None if absent.
+    """The fleet's rolling skill (model MAE / best-naive MAE: above 1 the model loses) from /health.
 
-    Looks for ``fleet_skill`` / ``rolling_skill`` / ``skill`` at the top level, then one level down (e.g.
-    ``{"guard": {"fleet_skill": 1.3}}``). A missing, null or non-finite value is unknown (None).
+    The service reports it as ``forecast_guard.skill``, one value per metric (null until scored); the
+    fleet's skill is the worst (largest) scored metric. A number under ``skill`` / ``fleet_skill`` /
+    ``rolling_skill`` at the top level or one level down is read too. Nothing scored: None (unknown).
     """
     if not isinstance(health, dict):
         return None
-    candidates = [health, *(v for v in health.values() if isinstance(v, dict))]
-    for doc in candidates:
+    for doc in [health, *(v for v in health.values() if isinstance(v, dict))]:
         for key in SKILL_KEYS:
             value = doc.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
+            if isinstance(value, dict):
+                scored = [v for v in map(_finite, value.values()) if v is not None]
+                if scored:
+                    return max(scored)
+            elif (number := _finite(value)) is not None:
+                return number
     return None
 
 
@@ -174,20 +185,20 @@ def retrain_decision(server_days_now: int, server_days_at_last_run: int, thresho
                      skill: float | None, hours_since_last_run: float | None,
                      min_hours: float) -> RetrainDecision:
     """Launch feed retraining when the feed grew by ``threshold`` server-days since the last run, or when
-    the fleet's rolling skill is below 1.0 (the model loses to naive) and no run started in the last
-    ``min_hours``. ``skill`` None = unknown: only growth can trigger."""
+    the fleet's rolling skill (model MAE / best-naive MAE) is above 1.0 (the model loses to naive) and no
+    run started in the last ``min_hours``. ``skill`` None = unknown: only growth can trigger."""
     grown = server_days_now - server_days_at_last_run
     if server_days_now > 0 and grown >= threshold:
         return RetrainDecision(True, "feed_growth",
                                f"feed grew by {grown} server-days since the last run (threshold {threshold}; "
                                f"{server_days_now} in the store)")
     recent = hours_since_last_run is not None and hours_since_last_run < min_hours
-    if skill is not None and skill < 1.0 and server_days_now > 0:
+    if skill is not None and skill > SKILL_LIMIT and server_days_now > 0:
         if recent:
-            return RetrainDecision(False, "none", f"rolling skill {skill:.3f} < 1.0, but the last run started "
+            return RetrainDecision(False, "none", f"rolling skill {skill:.3f} > 1.0, but the last run started "
                                                   f"{hours_since_last_run:.1f} h ago (< {min_hours:g} h)")
-        return RetrainDecision(True, "skill", f"fleet rolling skill {skill:.3f} < 1.0: the model loses to the "
-                                              f"best naive baseline")
+        return RetrainDecision(True, "skill", f"fleet rolling skill {skill:.3f} > 1.0: the model's MAE exceeds "
+                                              f"the best naive baseline's")
     skill_text = "unknown" if skill is None else f"{skill:.3f}"
     return RetrainDecision(False, "none", f"feed grew by {grown} of {threshold} server-days; rolling skill "
                                           f"{skill_text}")

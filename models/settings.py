@@ -59,9 +59,11 @@ class Settings(BaseSettings):
                                    "this many server-days (distinct server x UTC day) since the last run")
     retrain_health_url: str = env("FLEETCAST_RETRAIN_HEALTH_URL", "http://127.0.0.1:8000/health", None,
                                   "the service's /health the sensor reads the fleet's rolling skill from "
-                                  "(model MAE / best-naive MAE; absent or unreachable: unknown, no trigger)")
+                                  "(forecast_guard.skill: model MAE / best-naive MAE; absent or unreachable: "
+                                  "unknown, no trigger)")
     retrain_min_hours: float = env("FLEETCAST_RETRAIN_MIN_HOURS", 24.0, None,
-                                   "the skill trigger (skill < 1.0) launches at most one run per this many hours")
+                                   "the skill trigger (skill > 1.0: the model loses to naive) launches at most one run "
+                                   "per this many hours")
     retrain_preset: str = env("FLEETCAST_RETRAIN_PRESET", "demo", None,
                               "training preset of runs the sensor and the weekly schedule launch")
 

@@ -3,7 +3,8 @@
 
 It launches when the feed store has grown by ``FLEETCAST_RETRAIN_SERVER_DAYS`` server-days since the
 run it last launched, or when the service's /health (``FLEETCAST_RETRAIN_HEALTH_URL``) reports a fleet
-rolling skill below 1.0 (the model loses to the best naive baseline; at most one such run per
+rolling skill (``forecast_guard.skill``: model MAE / best-naive MAE, the worst metric) above 1.0 (the model
+loses to the best naive baseline; at most one such run per
 ``FLEETCAST_RETRAIN_MIN_HOURS``). A /health without the skill, or no service, is "unknown": only growth
 triggers then. Its reason is in the run's tags (``fleetcast/trigger``, ``fleetcast/reason``) and, when it
 skips, in the tick's skip reason (Dagster UI, Automation tab).
@@ -39,7 +40,8 @@ def _store_server_days() -> int:
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Feed retraining when the feed grew by FLEETCAST_RETRAIN_SERVER_DAYS server-days since the last "
-                "launched run, or when the service's fleet rolling skill (/health) is below 1.0.",
+                "launched run, or when the service's fleet rolling skill (/health, model MAE / best-naive MAE) "
+                "is above 1.0.",
 )
 def feed_retrain_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     settings = get_settings()

@@ -64,8 +64,12 @@ def test_production_dataset_is_on_the_grid_and_gaps_are_reported_not_fatal() -> 
 
 
 def test_skill_is_read_from_health_and_absence_is_unknown() -> None:
+    # the service's /health: forecast_guard.skill per metric; the fleet's is the worst scored one
+    health = {"status": "healthy", "forecast_guard": {"enabled": True, "skill": {
+        "cpu_percent": 0.82, "memory_percent": 1.3, "disk_percent": None, "load_average": 0.9}}}
+    assert production.skill_from_health(health) == 1.3
+    assert production.skill_from_health({"forecast_guard": {"enabled": True, "skill": None}}) is None
     assert production.skill_from_health({"status": "ok", "fleet_skill": 1.4}) == 1.4
-    assert production.skill_from_health({"guard": {"rolling_skill": 0.8}}) == 0.8
     assert production.skill_from_health({"status": "ok"}) is None
     assert production.skill_from_health({"fleet_skill": None, "skill": float("nan")}) is None
     assert production.read_fleet_skill("http://127.0.0.1:9/health", timeout=0.5) is None  # nobody there
@@ -76,12 +80,12 @@ def test_retrain_decision() -> None:
     assert d.launch and d.trigger == "feed_growth" and "grew by 20" in d.reason
     d = production.retrain_decision(20, 10, 14, None, None, 24.0)
     assert not d.launch and "unknown" in d.reason
-    d = production.retrain_decision(20, 10, 14, 0.8, None, 24.0)
+    d = production.retrain_decision(20, 10, 14, 1.2, None, 24.0)  # the model loses to naive
     assert d.launch and d.trigger == "skill"
-    d = production.retrain_decision(20, 10, 14, 0.8, 3.0, 24.0)
+    d = production.retrain_decision(20, 10, 14, 1.2, 3.0, 24.0)
     assert not d.launch and "3.0 h ago" in d.reason
-    assert not production.retrain_decision(20, 10, 14, 1.2, None, 24.0).launch
-    assert not production.retrain_decision(0, 0, 14, 0.5, None, 24.0).launch  # nothing to learn from
+    assert not production.retrain_decision(20, 10, 14, 0.8, None, 24.0).launch  # the model wins
+    assert not production.retrain_decision(0, 0, 14, 1.5, None, 24.0).launch  # nothing to learn from
 
 
 @pytest.fixture
@@ -141,17 +145,17 @@ def test_sensor_decisions(isolated_env: Path, health_server: dict[str, Any], mon
 
     # right after it: no growth, the model beats naive -> skip; the model loses to naive -> still skip
     # (a run started less than FLEETCAST_RETRAIN_MIN_HOURS ago) ...
-    health_server["fleet_skill"] = 1.3
+    health_server["forecast_guard"] = {"enabled": True, "skill": {"cpu_percent": 0.7, "memory_percent": 0.9}}
     result = feed_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
-    assert isinstance(result, dg.SkipReason) and "1.300" in result.skip_message
-    health_server["fleet_skill"] = 0.7
+    assert isinstance(result, dg.SkipReason) and "0.900" in result.skip_message
+    health_server["forecast_guard"]["skill"]["cpu_percent"] = 1.3
     result = feed_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
     assert isinstance(result, dg.SkipReason) and "ago" in result.skip_message
     # ... and launches once the cool-down is over
     monkeypatch.setenv("FLEETCAST_RETRAIN_MIN_HOURS", "0")
     request = feed_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
     assert isinstance(request, dg.RunRequest) and request.tags["fleetcast/trigger"] == "sensor:skill"
-    assert request.tags["fleetcast/fleet_skill"] == "0.7000"
+    assert request.tags["fleetcast/fleet_skill"] == "1.3000"
 
 
 def test_weekly_schedule_and_automation_are_registered() -> None:

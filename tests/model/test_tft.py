@@ -118,11 +118,13 @@ def test_held_out_servers_are_flagged_unseen(forecaster: tft.Forecaster,
 def test_gaps_and_duplicates_are_tolerated(forecaster: tft.Forecaster, tiny_fleet: simulator.FleetData) -> None:
     records = tiny_fleet.records
     one = records[records[schema.SERVER] == records[schema.SERVER].iloc[0]].tail(100)
-    gappy = pd.concat([one.iloc[:40], one.iloc[50:], one.iloc[[60]]], ignore_index=True)  # hole + duplicate
-    out = forecaster.forecast(gappy)
-    fc = out[one[schema.SERVER].iloc[0]]
-    assert fc.history_steps == 100  # the 10-step hole is filled on the 5-minute grid
+    gappy = pd.concat([one.iloc[:40], one.iloc[43:], one.iloc[[60]]], ignore_index=True)  # hole + duplicate
+    fc = forecaster.forecast(gappy)[one[schema.SERVER].iloc[0]]
+    assert fc.history_steps == 100  # the 3-step (15 min) hole is interpolated on the 5-minute grid
     assert np.isfinite(fc.quantiles["memory_percent"]).all()
+    # a longer outage cuts the history (models/grid.py): nothing is invented across it
+    outage = pd.concat([one.iloc[:40], one.iloc[50:]], ignore_index=True)
+    assert forecaster.forecast(outage)[one[schema.SERVER].iloc[0]].history_steps == 50
 
 
 # --- behavioural (STYLE.md) --------------------------------------------------------------------------
