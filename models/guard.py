@@ -113,13 +113,15 @@ def naive_band(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEP
     return out
 
 
-def naive_quantiles(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEPS) -> np.ndarray:
+def naive_quantiles(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEPS,
+                    band: np.ndarray | None = None) -> np.ndarray:
     """``[horizon, metrics, 3]``: P10, P50, P90 of naive ``name`` from ``values`` ([steps, metrics]),
-    clipped to the contract's ranges."""
+    clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets when already known."""
     p50 = naive_points(values, horizon)[NAIVES.index(name)]
     if np.isnan(p50).any():
         raise ValueError(f"{name} needs {schema.STEPS_PER_DAY} steps of history, got {values.shape[0]}")
-    band = naive_band(values, name, horizon)
+    if band is None:
+        band = naive_band(values, name, horizon)
     out = np.stack([p50 + band[:, :, 0], p50, p50 + band[:, :, 1]], axis=-1)
     return np.clip(out, 0.0, _UPPER[: values.shape[1], None])
 

@@ -79,6 +79,7 @@ class ForecastGuard:
         self.backtest_leads = BACKTEST_LEADS[len(BACKTEST_LEADS) - max(0, min(backtest_origins, len(BACKTEST_LEADS))):]
         self._scores: dict[str, list[guard.MetricScore]] = {}
         self._scored_at: dict[str, pd.Timestamp] = {}
+        self._bands: dict[str, dict[str, tuple[pd.Timestamp, np.ndarray]]] = {}  # server -> naive -> (origin, band)
         self._lock = threading.Lock()
 
     # --- refresh ---------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class ForecastGuard:
                 quantiles = dict(fc.quantiles)
                 for name in set(naive.values()):
                     try:
-                        q = guard.naive_quantiles(values[n], name)
+                        q = self._naive(n, name, values[n], fc.origin)
                     except ValueError:  # history shorter than the naive needs now: keep the model
                         for m in [m for m, s in naive.items() if s == name]:
                             chosen[m] = guard.MODEL
@@ -134,6 +135,14 @@ class ForecastGuard:
             served[n] = fc
             sources[n] = chosen
         return served, sources
+
+    def _naive(self, server: str, name: str, values: np.ndarray, origin: pd.Timestamp) -> np.ndarray:
+        """The naive's quantiles; its band (the costly part) is recomputed hourly, like the scores."""
+        bands = self._bands.setdefault(server, {})
+        cached = bands.get(name)
+        if cached is None or origin - cached[0] >= LOG_EVERY_STEPS * _STEP:
+            cached = bands[name] = (origin, guard.naive_band(values, name))
+        return guard.naive_quantiles(values, name, band=cached[1])
 
     def _row(self, server: str, origin: pd.Timestamp, model_p50: np.ndarray, values: np.ndarray) -> dict[str, Any]:
         p50 = np.concatenate([model_p50[None], guard.naive_points(values)], axis=0).astype(np.float32)
@@ -226,6 +235,7 @@ class ForecastGuard:
             self.model = model_key(model_info)
             self._scores.clear()
             self._scored_at.clear()
+            self._bands.clear()
 
     # --- reporting -------------------------------------------------------------------------------------
     def forget(self, servers: list[str]) -> None:
@@ -233,6 +243,7 @@ class ForecastGuard:
             for n in servers:
                 self._scores.pop(n, None)
                 self._scored_at.pop(n, None)
+                self._bands.pop(n, None)
 
     def summary(self, sources: dict[str, dict[str, str]]) -> dict[str, Any]:
         """For /health: servers per source and metric, and the fleet's skill per metric (of ``sources``'

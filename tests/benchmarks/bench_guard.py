@@ -136,6 +136,47 @@ def run_pass(traces: dict[str, pd.DataFrame], model: Path, guard: bool, state: P
     return out
 
 
+def refresh_cost(n_servers: int, model: Path) -> None:
+    """The guard's cost in the refresh: a simulated fleet of ``n_servers`` with two days of history in a
+    store, one engine with the guard and one without; the first refresh (the guard backtests every server)
+    and the next 12 (one new step per server each; the 12th logs and rescores)."""
+    from models import simulator
+    from models.tft import Forecaster
+    from serving import ingest
+    from serving.forecast_guard import ForecastGuard
+    from serving.forecasting import PredictionEngine
+    from serving.store import FeedStore
+
+    forecaster = Forecaster.from_checkpoint(model)
+    end = pd.Timestamp.now(tz="UTC").tz_localize(None).floor(schema.STEP_FREQ) - pd.Timedelta(hours=1)
+    fleet = simulator.LiveFleet(servers=simulator.default_servers(n_servers), seed=3, start=end,
+                                history_steps=2 * schema.STEPS_PER_DAY)
+    history, steps = fleet.history(), [fleet.next_step() for _ in range(12)]
+
+    def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return ingest.validate_items(items(frame)).rows
+
+    for guarded in (False, True):
+        with tempfile.TemporaryDirectory(prefix="fleetcast-bench-guard-") as tmp:
+            store = FeedStore(f"sqlite:///{tmp}/feed.db")
+            for i in range(0, len(history), 40_000):
+                store.upsert(rows(history.iloc[i:i + 40_000]))
+            guard = ForecastGuard(store.engine, model_info={"name": "bench"}) if guarded else None
+            engine = PredictionEngine(forecaster, store, {"name": "bench"}, guard=guard)
+            started = time.perf_counter()
+            engine.refresh()
+            first = time.perf_counter() - started
+            times = []
+            for step in steps:
+                store.upsert(rows(step))
+                started = time.perf_counter()
+                engine.refresh()
+                times.append(time.perf_counter() - started)
+            store.dispose()
+        print(f"guard {'on ' if guarded else 'off'}: {n_servers} servers, first refresh {first:.2f} s, next 12: "
+              f"mean {np.mean(times):.2f} s, max {max(times):.2f} s", flush=True)
+
+
 def default_model() -> Path:
     from models import registry
 
@@ -151,8 +192,13 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="Forecaster checkpoint (default: the champion)")
     parser.add_argument("--traces", nargs="*", default=None, help="trace ids (default: every ec2_cpu_utilization_*)")
     parser.add_argument("--no-unguarded", action="store_true", help="skip the FLEETCAST_GUARD=0 pass")
+    parser.add_argument("--refresh-cost", type=int, default=0, metavar="N",
+                        help="instead: time the refresh with and without the guard for N simulated servers")
     args = parser.parse_args()
     model = args.model or default_model()
+    if args.refresh_cost:
+        refresh_cost(args.refresh_cost, model)
+        return
     files = sorted(NAB_DIR.glob("ec2_cpu_utilization_*.csv"))
     if args.traces:
         files = [f for f in files if any(t in f.stem for t in args.traces)]

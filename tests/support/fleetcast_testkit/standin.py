@@ -173,6 +173,9 @@ class StandinService:
             "FLEETCAST_RATE_LIMIT_PER_SECOND": "0",
             "FLEETCAST_API_TOKEN": "",
             "FLEETCAST_MODEL_PATH": "",
+            # the synthetic climbs are there to fire alerts; the forecast guard would replace them with the
+            # naive forecasts that beat them (the guard has tests of its own: tests/serving/test_forecast_guard.py)
+            "FLEETCAST_GUARD": "0",
             **self.extra_env,
         }
 
