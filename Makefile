@@ -7,8 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-dashboard bench-soak bench-alerts \
-        calibrate-alerts debian-packages chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-dashboard \
+        bench-soak bench-alerts calibrate-alerts debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-train: install
 bench-serve: install
 	$(BIN)/python tests/benchmarks/bench_serve.py
 
+# real CloudWatch CPU traces through a `bentoml serve` of the champion vs naive baselines (ARGS="--varying" ...)
+bench-real: install
+	$(BIN)/python tests/benchmarks/bench_real.py $(ARGS)
+
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
 
@@ -79,6 +83,12 @@ calibrate-alerts: install
 MINUTES ?= 2
 bench-soak: install
 	$(BIN)/python tests/benchmarks/bench_soak.py --minutes $(MINUTES)
+
+# feed the real AWS traces' first 70 % to a service, run the feed retraining job (fine-tune the champion
+# of `make demo`; PRESET=tiny for a smoke run), score model and served forecasts on the last 30 %
+PRESET ?= demo
+bench-real-retrain: install
+	$(BIN)/python tests/benchmarks/bench_real_retrain.py --preset $(PRESET)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

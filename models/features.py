@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer, NaNLabelEncoder
 
-from models import schema
+from models import grid, schema
 
 TIME_IDX = "time_idx"
 TARGETS: list[str] = list(schema.METRICS)
@@ -79,39 +80,21 @@ def clean_records(records: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-def regularize(records: pd.DataFrame) -> pd.DataFrame:
-    """Put each server on a gap-free 5-minute grid between its first and last sample.
+def regularize(records: pd.DataFrame, segments: grid.Segments = "last") -> pd.DataFrame:
+    """Put each server on the regular 5-minute grid with the one alignment policy (:func:`models.grid.align`).
 
-    Missing steps and missing metric values are forward-filled (then back-filled), the profile is the
-    server's last declared one. Input must already be :func:`clean_records`-clean.
+    Buckets averaged, gaps up to 15 min interpolated, a longer gap cuts the series: ``segments="last"``
+    keeps the contiguous tail (what a forecast reads), ``"all"`` keeps every segment as its own series
+    (what training reads). Returns :func:`clean_records`-clean rows (float32 metrics).
     """
     if records.empty:
         return records.copy()
-    same_server = records[schema.SERVER].to_numpy()[1:] == records[schema.SERVER].to_numpy()[:-1]
-    steps = np.diff(records[schema.TIMESTAMP].to_numpy().astype("datetime64[ns]").astype(np.int64))
-    last_profile = records.groupby(schema.SERVER, sort=False)[schema.PROFILE].transform("last")
-    if ((steps[same_server] == _STEP_NS).all() and not records[list(schema.METRICS)].isna().any().any()
-            and (last_profile == records[schema.PROFILE]).all()):
-        return records.reset_index(drop=True)  # already regular: the common case, no per-server work
-    parts: list[pd.DataFrame] = []
-    for server, group in records.groupby(schema.SERVER, sort=True):
-        idx = pd.date_range(group[schema.TIMESTAMP].iloc[0], group[schema.TIMESTAMP].iloc[-1],
-                            freq=schema.STEP_FREQ)
-        g = group.set_index(schema.TIMESTAMP)
-        if len(idx) != len(g) or g[list(schema.METRICS)].isna().any().any():
-            g = g.reindex(idx).ffill().bfill()
-        g = g.rename_axis(schema.TIMESTAMP).reset_index()
-        g[schema.SERVER] = server
-        g[schema.PROFILE] = group[schema.PROFILE].iloc[-1]
-        parts.append(g)
-    if not parts:
-        return records.iloc[0:0].copy()
-    return pd.concat(parts, ignore_index=True)[list(schema.COLUMNS)]
+    return clean_records(grid.align(records, segments=segments))
 
 
 def prepare_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """Records (schema.COLUMNS, long format) -> model frame: cleaned, gap-free, with time features."""
-    return add_time_features(regularize(clean_records(records)))
+    """Records (schema.COLUMNS, long format) -> model frame: on the grid (every segment), with time features."""
+    return add_time_features(regularize(records, segments="all"))
 
 
 def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> pd.DataFrame:
@@ -130,21 +113,74 @@ def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> p
     return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-# steps of history whose mean centres a slow-moving target (disk fills over days: a 24 h mean lags)
-RECENT_CENTER_STEPS = schema.STEPS_PER_HOUR
-SLOW_TARGETS: frozenset[str] = frozenset({"disk_percent"})
+# per-window scaling: the centre is the median of the last hour, the spread a robust (IQR) one with a floor
+CENTER_STEPS = schema.STEPS_PER_HOUR
+IQR_TO_STD = 1.349  # the interquartile range of a normal distribution in standard deviations
+# smallest spread a window is scaled by, in metric units: a flat window (idle server, constant companion
+# metric) is then forecast as flat, and one spike in it does not blow up the scaled history
+SCALE_FLOORS: dict[str, float] = {"cpu_percent": 0.5, "memory_percent": 0.5, "disk_percent": 0.5,
+                                  "load_average": 0.05}
+INPUT_CLIP = 10.0  # scaled history values fed to the network are clipped to +-INPUT_CLIP spreads
+
+
+class RobustWindowNormalizer(EncoderNormalizer):
+    """Per-window target scaling that stays sane on real series (an ``EncoderNormalizer``, fitted per window).
+
+    centre = median of the window's last ``max_length[0]`` steps (where the server is now);
+    scale = max(IQR of the whole window / 1.349, ``floor``) (a standard deviation on normal data, but one
+    spike in a flat window moves neither, and a flat window is not divided by ~0).
+    :meth:`transform` (the network's scaled history) clips at +-``clip`` spreads; the inverse transform
+    (forecasts back to metric units) is the library's ``y * scale + centre``, unclipped.
+
+    Being an ``EncoderNormalizer``, ``TimeSeriesDataSet`` fits it on each sample's encoder window and
+    :class:`models.inference.TensorBuilder` on each server's window (batched rows, same code).
+    """
+
+    def __init__(self, method: str = "robust", center: bool = True,
+                 max_length: int | list[int] | None = None, transformation: Any = None,
+                 method_kwargs: dict[str, Any] | None = None, floor: float = 0.5,
+                 clip: float = INPUT_CLIP) -> None:
+        super().__init__(method=method, center=center, max_length=max_length, transformation=transformation,
+                         method_kwargs=method_kwargs)
+        self.floor = floor
+        self.clip = clip
+
+    def _set_parameters(self, y_center: Any, y_scale: Any) -> None:
+        if isinstance(y_center, torch.Tensor):
+            yc, ys = y_center.float(), y_scale.float()
+            self.center_ = torch.quantile(yc, 0.5, dim=-1).to(y_center.dtype)
+            q = torch.quantile(ys, torch.tensor([0.25, 0.75], dtype=ys.dtype), dim=-1)
+            self.scale_ = torch.clamp((q[1] - q[0]) / IQR_TO_STD, min=self.floor).to(y_scale.dtype)
+        else:
+            yc, ys = np.asarray(y_center, dtype=np.float64), np.asarray(y_scale, dtype=np.float64)
+            self.center_ = np.quantile(yc, 0.5, axis=-1)
+            q25, q75 = np.quantile(ys, [0.25, 0.75], axis=-1)
+            self.scale_ = np.maximum((q75 - q25) / IQR_TO_STD, self.floor)
+
+    def transform(self, y: Any, return_norm: bool = False, target_scale: Any = None) -> Any:
+        out = super().transform(y, return_norm=return_norm, target_scale=target_scale)
+        if return_norm:
+            scaled, norm = out
+            return self._clip(scaled), norm
+        return self._clip(out)
+
+    def _clip(self, values: Any) -> Any:
+        if isinstance(values, torch.Tensor):
+            return values.clamp(-self.clip, self.clip)
+        if isinstance(values, pd.Series):
+            return values.clip(-self.clip, self.clip)
+        return np.clip(values, -self.clip, self.clip)
 
 
 def target_normalizer() -> MultiNormalizer:
-    """One ``EncoderNormalizer`` per target, fitted on each window's own history (not per server).
+    """One :class:`RobustWindowNormalizer` per target, fitted on each window's own history (not per server).
 
-    Centre and scale come from the encoder window: its whole history for the fast metrics, the last
-    hour's mean (scale still over the whole history) for the slow ones. The network predicts the
-    deviation from that level, so it starts from where the series is now, for any server.
+    Centre = median of the window's last hour, scale = robust spread of the whole window with a
+    per-metric floor (:data:`SCALE_FLOORS`). The network predicts the deviation from that level in
+    those units, so it starts from where the series is now, for any server.
     """
     return MultiNormalizer([
-        EncoderNormalizer(method="standard",
-                          max_length=[RECENT_CENTER_STEPS, schema.ENCODER_STEPS] if t in SLOW_TARGETS else None)
+        RobustWindowNormalizer(max_length=[CENTER_STEPS, schema.ENCODER_STEPS], floor=SCALE_FLOORS[t])
         for t in TARGETS
     ])
 
@@ -216,10 +252,8 @@ def inference_frame(history: pd.DataFrame, max_encoder_length: int = schema.ENCO
     Returns (frame with time features, per-server info: server_name, profile, origin, history_steps).
     Servers with fewer than ``min_encoder_length`` steps are left out.
     """
-    clean = clean_records(history)
-    clean = clean.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
-    regular = regularize(clean)
-    regular = regular.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
+    regular = clean_records(grid.align(history, steps=max_encoder_length)) if not history.empty else \
+        clean_records(history)
     sizes = regular.groupby(schema.SERVER, sort=True).size()
     keep = sizes[sizes >= min_encoder_length].index
     regular = regular[regular[schema.SERVER].isin(keep)].reset_index(drop=True)

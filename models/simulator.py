@@ -29,7 +29,9 @@ generic         a mild mixture: small daily cycle and occasional small bursts
 ==============  ===================================================================================
 
 All profiles: ``load_average`` follows CPU scaled by the server's core count, memory drifts
-slowly, disk grows and is cleaned up (a saw-tooth). ``status`` is derived from the metrics:
+slowly, disk grows and is cleaned up (a saw-tooth). :func:`generate_fleet` also lays real shapes over
+the profiles (``shape_rate``; :data:`REAL_SHAPES`: idle plateaus, rare spikes, level shifts, drifts,
+quiet periods, constant companion metrics), then the incidents. ``status`` is derived from the metrics:
 ``warning`` when any percentage is above 85, ``critical`` above 95.
 """
 
@@ -366,6 +368,78 @@ def _overlay(kind: str, m: dict[str, np.ndarray], r: np.ndarray, rng: np.random.
         raise ValueError(f"unknown scenario {kind!r}; expected one of {', '.join(SCENARIOS)}")
 
 
+# --- real shapes ---------------------------------------------------------------------------------------
+# Shapes real fleets have and the profiles alone lack (seen in ../shared/data/nab/other/: CloudWatch disk
+# writes and network-in, an auto-scaling group's CPU, request latency, machine temperature): long idle
+# plateaus with almost no noise, rare isolated spikes on a flat series, level shifts (a deploy, a drop to
+# ~0 when a service stops), slow drifts, and companion metrics a shipper reports as constant.
+REAL_SHAPES = ("idle_plateau", "rare_spikes", "level_shift", "drift", "quiet", "flat_companions")
+_SHAPE_HOURS = {
+    "idle_plateau": (2.0, 30.0),
+    "rare_spikes": (12.0, 72.0),
+    "level_shift": (6.0, 72.0),
+    "drift": (6.0, 48.0),
+    "quiet": (12.0, 72.0),
+    "flat_companions": (12.0, 72.0),
+}
+SHAPE_EPISODES_PER_DAY = 1 / 3  # per server at shape_rate=1: an episode starts every ~3 days
+
+
+def _plan_shapes(rng: np.random.Generator, steps: int, rate: float) -> list[tuple[str, int, int]]:
+    """[(shape, first step, n steps)] for one server: Poisson many episodes, may overlap each other."""
+    n = int(rng.poisson(rate * SHAPE_EPISODES_PER_DAY * steps / schema.STEPS_PER_DAY))
+    plan = []
+    for _ in range(n):
+        kind = REAL_SHAPES[int(rng.integers(len(REAL_SHAPES)))]
+        length = min(steps, max(2, int(rng.uniform(*_SHAPE_HOURS[kind]) * _STEPS_PER_HOUR)))
+        first = int(rng.integers(0, max(1, steps - length + 1)))
+        plan.append((kind, first, length))
+    return plan
+
+
+def _apply_shape(kind: str, m: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Rewrite the slice ``m`` (raw cpu/memory/disk/load_factor of one episode) into a real shape, in place."""
+    n = len(m["cpu"])
+    edge = np.minimum(1.0, np.minimum(np.arange(1, n + 1), np.arange(n, 0, -1)) / 2.0)  # ~10 min in/out
+    if kind == "idle_plateau":  # a near-constant low level, noise a few hundredths of a point
+        level = float(np.exp(rng.uniform(np.log(0.1), np.log(12.0))))
+        noise = rng.normal(0.0, level * rng.uniform(0.005, 0.05), n)
+        m["cpu"] += (level + noise - m["cpu"]) * edge
+        hold = float(m["memory"][0])
+        m["memory"] += (hold + rng.normal(0.0, 0.02, n) - m["memory"]) * edge
+    elif kind == "rare_spikes":  # isolated 1-3 step spikes on whatever the series does
+        for _ in range(int(rng.integers(1, 5))):
+            at, width = int(rng.integers(n)), int(rng.integers(1, 4))
+            m["cpu"][at:at + width] = rng.uniform(40.0, 100.0)
+            m["load_factor"][at:at + width] += rng.uniform(0.2, 1.0)
+    elif kind == "level_shift":  # the level jumps and stays (or the service stops: a drop to ~0)
+        if rng.random() < 0.25:
+            m["cpu"][:] = np.abs(rng.normal(0.0, 0.05, n)) + 0.05
+        else:
+            m["cpu"] += rng.uniform(-0.8, 0.8) * max(5.0, float(np.mean(m["cpu"])))
+        m["memory"] += rng.uniform(-12.0, 12.0)
+    elif kind == "drift":  # a slow ramp away from the usual level
+        ramp = np.linspace(0.0, 1.0, n)
+        m["cpu"] += ramp * rng.uniform(-30.0, 30.0)
+        m["memory"] += ramp * rng.uniform(-10.0, 15.0)
+        m["disk"] += ramp * rng.uniform(0.0, 8.0)
+    elif kind == "quiet":  # the same pattern far below the profile's usual level
+        m["cpu"] *= rng.uniform(0.02, 0.3)
+    elif kind == "flat_companions":  # memory and disk reported as constants
+        m["memory"][:] = float(m["memory"][0]) if rng.random() < 0.7 else rng.uniform(5.0, 95.0)
+        m["disk"][:] = float(m["disk"][0])
+    else:
+        raise ValueError(f"unknown shape {kind!r}; expected one of {', '.join(REAL_SHAPES)}")
+
+
+def _add_shapes(m: dict[str, np.ndarray], rng: np.random.Generator, rate: float) -> list[tuple[str, int, int]]:
+    plan = _plan_shapes(rng, len(m["cpu"]), rate)
+    for kind, first, length in plan:
+        sl = slice(first, first + length)
+        _apply_shape(kind, {k: v[sl] for k, v in m.items()}, rng)  # views: edits land in m
+    return plan
+
+
 def _finish(m: dict[str, np.ndarray], cores: int) -> dict[str, np.ndarray]:
     cpu = np.clip(m["cpu"], 0.0, 100.0)
     mem = np.clip(m["memory"], 0.0, 100.0)
@@ -443,17 +517,22 @@ def generate_fleet(
     start: str | pd.Timestamp = "2025-01-01",
     servers: list[tuple[str, str]] | None = None,
     incident_rate: float = 1.0,
+    shape_rate: float = 1.0,
 ) -> FleetData:
     """Simulate a fleet: ``steps`` five-minute records per server from ``start`` (UTC), with incidents.
 
     ``servers`` (``[(name, profile)]``) overrides ``default_servers(n_servers)``. The same arguments
     always give the identical result. ``incident_rate`` scales the number of incidents (about one
-    per server per 30 days at 1.0; 0 for none).
+    per server per 30 days at 1.0; 0 for none). ``shape_rate`` scales the real-shape episodes
+    (:data:`REAL_SHAPES`: about one per server every 3 days at 1.0, each 2-72 h; 0 for none, the
+    profiles alone); incidents are laid over them, so their labels hold.
     """
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if incident_rate < 0:
         raise ValueError("incident_rate must be >= 0")
+    if shape_rate < 0:
+        raise ValueError("shape_rate must be >= 0")
     servers = list(servers) if servers is not None else default_servers(n_servers)
     if not servers:
         raise ValueError("a fleet needs at least one server")
@@ -474,6 +553,8 @@ def generate_fleet(
     for idx, (name, profile) in enumerate(servers):
         sim = _ServerSim(name, profile, seed)
         m = sim.block(ts_ns)
+        if shape_rate > 0:  # own generator per server: adding a server or an incident changes no shape
+            _add_shapes(m, np.random.default_rng([seed, zlib.crc32(name.encode()), 0x5AA9E]), shape_rate)
         for server, kind, first, length in plan:
             if server != idx:
                 continue

@@ -6,4 +6,5 @@
 - alerting.py: ``alert_backtest`` (group ``training``): the alert backtest after evaluation
 - promotion.py: ``registered_model``, ``champion_model`` (group ``training``; gated on the alert backtest too)
 - packaging.py: ``bento_model`` (group ``serving``)
+- feed.py: ``production_dataset`` (group ``feed``): the feed store read back for production training
 """

@@ -52,6 +52,7 @@ def main() -> None:
     print(f"fleetcast bench-train: preset {args.preset} {train_cfg}, {args.servers} servers x {args.steps} steps "
           f"({args.servers * args.steps:,} rows), {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load average at start {os.getloadavg()[0]:.2f}")
+    print(f"data dir (MLflow sqlite + artifacts, the checkpoint included; kept after the run): {tmp}")
     started = time.perf_counter()
     result = dg.materialize(
         [data.fleet_dataset, training.experiment_split, training.tft_model, evaluation_assets.model_evaluation,

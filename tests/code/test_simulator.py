@@ -231,3 +231,47 @@ def test_bad_scenarios_raise(args: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         live.set_scenario(*args)
     assert live.scenario["scenario"] == "baseline"
+
+
+# --- real shapes -----------------------------------------------------------------------------------------
+def _raw(n: int = 600, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"cpu": 30.0 + rng.normal(0.0, 5.0, n), "memory": 50.0 + rng.normal(0.0, 1.0, n),
+            "disk": np.linspace(40.0, 45.0, n), "load_factor": np.ones(n)}
+
+
+def test_each_real_shape_has_its_signature() -> None:
+    from models.simulator import REAL_SHAPES, _apply_shape
+
+    rng = np.random.default_rng(5)
+    seen: dict[str, dict[str, np.ndarray]] = {}
+    for kind in REAL_SHAPES:
+        m = _raw()
+        _apply_shape(kind, m, rng)
+        seen[kind] = m
+    mid = slice(6, -6)  # away from the ~10 min fade in/out
+    idle = seen["idle_plateau"]
+    assert idle["cpu"][mid].mean() < 12.5 and idle["cpu"][mid].std() < 0.5  # near-constant and low
+    assert idle["memory"][mid].std() < 0.1
+    changed = np.flatnonzero(seen["rare_spikes"]["cpu"] != _raw()["cpu"])
+    assert 1 <= len(changed) <= 12 and (seen["rare_spikes"]["cpu"][changed] >= 40.0).all()  # isolated
+    assert abs(seen["level_shift"]["cpu"].mean() - 30.0) > 1.0 or seen["level_shift"]["cpu"].max() < 1.0
+    drift = seen["drift"]["cpu"] - _raw()["cpu"]
+    assert drift[0] == pytest.approx(0.0) and abs(drift[-1]) > 0.0
+    np.testing.assert_allclose(np.diff(drift), drift[-1] / (len(drift) - 1))  # a straight ramp
+    assert seen["quiet"]["cpu"].mean() < 0.3 * 30.0 + 1.0
+    assert np.ptp(seen["flat_companions"]["memory"]) == 0 and np.ptp(seen["flat_companions"]["disk"]) == 0
+
+
+def test_generated_fleet_contains_real_shapes_and_zero_rate_is_the_profiles_alone() -> None:
+    shaped = generate_fleet(n_servers=7, steps=10 * schema.STEPS_PER_DAY, seed=3, shape_rate=3.0).records
+    plain = generate_fleet(n_servers=7, steps=10 * schema.STEPS_PER_DAY, seed=3, shape_rate=0.0).records
+    assert not shaped["cpu_percent"].equals(plain["cpu_percent"])
+    hourly_std = shaped.groupby([schema.SERVER, shaped[schema.TIMESTAMP].dt.floor("2h")])["cpu_percent"].std()
+    plain_std = plain.groupby([schema.SERVER, plain[schema.TIMESTAMP].dt.floor("2h")])["cpu_percent"].std()
+    assert (hourly_std < 0.2).sum() > (plain_std < 0.2).sum() + 10  # idle plateaus / stopped services
+    flat_memory = shaped.groupby([schema.SERVER, shaped[schema.TIMESTAMP].dt.floor("6h")])["memory_percent"].std()
+    assert (flat_memory == 0).any()  # companions reported as constants
+    assert validate_fleet(shaped).ok
+    with pytest.raises(ValueError, match="shape_rate"):
+        generate_fleet(n_servers=2, steps=10, shape_rate=-1.0)
