@@ -24,7 +24,8 @@ forecast when it rises significantly (slope >= 5 standard errors): the Theil-Sen
 - ``probability`` is the largest chance over the horizon (1.0 when already above);
 - ``severity`` adds up threshold level (critical 2, warning 1), certainty (chance reaches 0.5 or the
   value is above: +1) and urgency (breach within ``soon_hours``: +1): 4 critical, 3 high, 2 medium, 1 low;
-- ``explanation`` says what drove it: the trend and its rate, or the forecast's P50 and band.
+- ``explanation`` says what drove it (a mapping with ``source`` ``trend``/``forecast``/``value`` and a
+  one-line ``text``): the trend and its rate, the forecast's P50 and band, or how long the value is above.
 
 :class:`AlertBook` keeps the active alerts, one per (server, alert_type), **in data time** (the forecast's
 origin, never the wall clock, so a backtest replays exactly what the service does). Persistence: an
@@ -334,17 +335,24 @@ def _trend_band(recent: np.ndarray | None, trend_steps: int, horizon: int) -> tu
 
 
 def _explanation(label: str, metric: str, threshold: float, q: np.ndarray, step: int, minutes: float,
-                 trend: Trend | None, trend_q: np.ndarray | None) -> str:
+                 trend: Trend | None, trend_q: np.ndarray | None) -> dict[str, Any]:
+    """What drove a forecast alert: the trend (when its chance at the breach step is the larger) or the
+    forecast's band there; ``text`` says it in one line."""
     target = _fmt_value(metric, threshold)
     unit = "%" if metric in schema.PERCENT_METRICS else ""
     if trend is not None and trend_q is not None:
         forecast_chance = float(exceed_probability(q[step:step + 1], threshold)[0])
         trend_chance = float(exceed_probability(trend_q[step:step + 1], threshold)[0])
         if trend_chance > forecast_chance:
-            return (f"trend {trend.per_hour:+.2f}{unit}/h over the last {trend.n * schema.STEP_MINUTES / 60:g} h "
-                    f"(Theil-Sen, now {trend.level:.1f}{unit}) reaches {target} in {humanize_minutes(minutes)}")
-    return (f"forecast P50 {q[step, 1]:.1f}{unit} (P10-P90 {q[step, 0]:.1f}-{q[step, 2]:.1f}) "
-            f"in {humanize_minutes(minutes)}, {label} threshold {target}")
+            hours = trend.n * schema.STEP_MINUTES / 60
+            return {"source": "trend", "method": "theil-sen", "window_hours": round(hours, 2),
+                    "rate_per_hour": round(trend.per_hour, 3), "level": round(trend.level, 2),
+                    "text": f"trend {trend.per_hour:+.2f}{unit}/h over the last {hours:g} h (Theil-Sen, now "
+                            f"{trend.level:.1f}{unit}) reaches {target} in {humanize_minutes(minutes)}"}
+    return {"source": "forecast", "minutes": round(minutes), "p10": round(float(q[step, 0]), 2),
+            "p50": round(float(q[step, 1]), 2), "p90": round(float(q[step, 2]), 2),
+            "text": f"forecast P50 {q[step, 1]:.1f}{unit} (P10-P90 {q[step, 0]:.1f}-{q[step, 2]:.1f}) in "
+                    f"{humanize_minutes(minutes)}, {label} threshold {target}"}
 
 
 def evaluate_metric(
@@ -372,8 +380,9 @@ def evaluate_metric(
             when = pd.Timestamp(origin)
             predicted = float(q[0, 1])
             message = f"{label} already above {_fmt_value(rule.metric, threshold)} (now {current:.1f})"
-            explanation = f"{label} at or above {_fmt_value(rule.metric, threshold)} for the last " \
-                          f"{humanize_minutes(above_steps * schema.STEP_MINUTES)}"
+            explanation = {"source": "value", "above_for_minutes": above_steps * schema.STEP_MINUTES,
+                           "text": f"{label} at or above {_fmt_value(rule.metric, threshold)} for the last "
+                                   f"{humanize_minutes(above_steps * schema.STEP_MINUTES)}"}
         else:
             chance = breach_chance(q, threshold, trend_q)
             upper = np.maximum(q[:, 2], trend_q[:, 2]) if trend_q is not None else q[:, 2]

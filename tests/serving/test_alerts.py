@@ -170,14 +170,16 @@ def test_a_pure_ramp_crossing_in_3_hours_gives_time_to_breach_3_hours() -> None:
     assert a["level"] == "warning" and a["threshold"] == 85.0
     assert a["hours_to_breach"] == pytest.approx(3.0, abs=0.25)
     assert a["message"] == "Memory expected to reach 85% in 3 hours"
-    assert "trend +1.50%/h" in a["explanation"] and "Theil-Sen" in a["explanation"]
+    assert a["explanation"]["source"] == "trend" and a["explanation"]["rate_per_hour"] == pytest.approx(1.5)
+    assert "trend +1.50%/h" in a["explanation"]["text"] and "Theil-Sen" in a["explanation"]["text"]
     # the same ramp carried by the forecast itself (no trend metric): CPU 70 % -> 85 % in 3 h
     ramp_q = band(80.5 + 1.5 * np.arange(1, 97) / 12, 2.0)
     cpu = alerts.evaluate_forecast("web-01", "web_api", {"cpu_percent": ramp_q}, TIMES, ORIGIN,
                                    {"cpu_percent": 80.5}, CFG, {"cpu_percent": np.full(288, 80.5)})
     assert [x["level"] for x in cpu] == ["warning"]
     assert cpu[0]["hours_to_breach"] == pytest.approx(3.0, abs=0.25)
-    assert cpu[0]["explanation"].startswith("forecast P50 85.0%")
+    assert cpu[0]["explanation"]["source"] == "forecast"
+    assert cpu[0]["explanation"]["text"].startswith("forecast P50 85.0%")
 
 
 def test_without_the_trend_the_flat_forecast_misses_the_ramp() -> None:
