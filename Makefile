@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-dashboard bench-soak debian-packages chromium clean
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-dashboard \
+        bench-soak bench-alerts calibrate-alerts debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,10 +71,24 @@ bench-real: install
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
 
+# the alert backtest (issue 10): fleetcast vs predict_linear and a static threshold, held-out fleet + NAB
+bench-alerts: install
+	$(BIN)/python tests/benchmarks/bench_alerts.py
+
+# choose the alert probability cuts on the calibration fleet (never the test fleet): models/alert_calibration.yaml
+calibrate-alerts: install
+	$(BIN)/python tests/benchmarks/bench_alerts.py --calibrate
+
 # mixed writes and reads, one kill -9 of the server's group and a restart; MINUTES=10 for the full soak
 MINUTES ?= 2
 bench-soak: install
 	$(BIN)/python tests/benchmarks/bench_soak.py --minutes $(MINUTES)
+
+# feed the real AWS traces' first 70 % to a service, run the feed retraining job (fine-tune the champion
+# of `make demo`; PRESET=tiny for a smoke run), score model and served forecasts on the last 30 %
+PRESET ?= demo
+bench-real-retrain: install
+	$(BIN)/python tests/benchmarks/bench_real_retrain.py --preset $(PRESET)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

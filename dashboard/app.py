@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import views
-from dashboard.session import current_snapshot, make_auto_refresh, request_refresh
+from dashboard.session import SEARCH_KEY, current_snapshot, make_auto_refresh, request_refresh
 from dashboard.settings import get_settings
 
 
@@ -19,15 +19,21 @@ def main() -> None:
 
 
 def render() -> None:
-    period = get_settings().refresh_seconds
-    snap = current_snapshot()
+    settings = get_settings()
+    period = settings.refresh_seconds
 
-    title, button = st.columns([6, 1], vertical_alignment="bottom")
+    title, search, button = st.columns([4, 2, 1], vertical_alignment="bottom")
     title.title("fleetcast", anchor=False)
+    search.text_input("Find servers", key=SEARCH_KEY, placeholder="name prefix, e.g. db-")
     button.button("Refresh now", on_click=request_refresh, key="refresh_now")
+    snap = current_snapshot()
+    shown = len(snap.fleet)
+    scope = f"servers starting with {snap.search!r}" if snap.search else "servers"
     st.caption(
         f"Service {snap.base_url} · data fetched {snap.fetched_at:%H:%M:%S} UTC in {snap.elapsed_s:.2f} s"
         f" · auto-refresh every {period:g} s"
+        + (f" · showing the {shown} riskiest of {snap.servers_matching} {scope}"
+           if snap.servers_matching > shown else "")
     )
     make_auto_refresh(period)()
 

@@ -1,6 +1,7 @@
 """HTTP client for the fleetcast service: the dashboard's only way to its data.
 
-One refresh is one :class:`Snapshot`: a GET each of ``/health``, ``/predictions?include_history=true``,
+One refresh is one :class:`Snapshot`: a GET each of ``/health``, ``/predictions?include_history=true``
+(the riskiest ``FLEETCAST_DASHBOARD_MAX_SERVERS``, or those whose name starts with the search),
 ``/alerts`` and ``/scenario``, issued concurrently, answered or failed together. Every request that
 leaves this process goes through :class:`FleetcastClient` (User-Agent ``fleetcast-dashboard``).
 """
@@ -60,6 +61,7 @@ class Snapshot:
     """Everything one refresh fetched. A part that failed is None and its error is in ``errors``."""
 
     base_url: str
+    search: str | None = None  # the server-name prefix the predictions were asked for
     health: dict[str, Any] | None = None
     predictions: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
@@ -81,6 +83,12 @@ class Snapshot:
     def alerts_table(self) -> pd.DataFrame:
         """The active alerts as a table, most severe and soonest first (built once per refresh)."""
         return alerts_frame(self.alert_list)
+
+    @property
+    def servers_matching(self) -> int:
+        """How many servers the service has for this view (the page shows at most the dashboard's limit)."""
+        body = self.predictions or {}
+        return int(body.get("total", len(body.get("predictions") or [])))
 
     @property
     def alert_list(self) -> list[dict[str, Any]]:
@@ -157,13 +165,18 @@ class FleetcastClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         return self._request("POST", "/scenario/set", json=body, headers=headers)
 
-    def fetch_snapshot(self) -> Snapshot:
-        """One refresh: the four GETs concurrently; never raises, failures land in ``errors``."""
+    def fetch_snapshot(self, search: str | None = None) -> Snapshot:
+        """One refresh: the four GETs concurrently; never raises, failures land in ``errors``. The
+        predictions are one page: the riskiest ``max_servers`` (settings), of those whose name starts with
+        ``search`` when given."""
         started = time.perf_counter()
-        snap = Snapshot(base_url=self.base_url)
-        with ThreadPoolExecutor(max_workers=len(ENDPOINTS), thread_name_prefix="fleetcast-fetch") as pool:
+        snap = Snapshot(base_url=self.base_url, search=search or None)
+        requests = dict(ENDPOINTS)
+        page = {"limit": str(get_settings().max_servers), **({"server": search} if search else {})}
+        requests["predictions"] = ("/predictions", {**ENDPOINTS["predictions"][1], **page})
+        with ThreadPoolExecutor(max_workers=len(requests), thread_name_prefix="fleetcast-fetch") as pool:
             futures = {
-                name: pool.submit(self.get_json, path, params) for name, (path, params) in ENDPOINTS.items()
+                name: pool.submit(self.get_json, path, params) for name, (path, params) in requests.items()
             }
             for name, future in futures.items():
                 try:

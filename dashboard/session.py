@@ -20,6 +20,7 @@ SNAPSHOT_KEY = "fleetcast_snapshot"
 FETCHED_AT_KEY = "fleetcast_fetched_monotonic"
 HEATMAP_KEY = "fleetcast_heatmap"  # what the heatmap shows: metric, servers (row order), columns, shape
 FLASH_KEY = "fleetcast_flash"
+SEARCH_KEY = "fleetcast_search"  # the search box: a server-name prefix
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -37,12 +38,13 @@ def current_snapshot() -> Snapshot:
     """The snapshot of the current tick, fetched now if this tick has none yet."""
     base_url = get_settings().api_url
     tick = st.session_state.setdefault(TICK_KEY, 0)
-    key = (base_url, tick)
+    search = str(st.session_state.get(SEARCH_KEY) or "").strip()
+    key = (base_url, tick, search)  # a new search fetches; widgets and tabs do not
     cached = st.session_state.get(SNAPSHOT_KEY)
     if cached is not None and cached[0] == key:
         return cached[1]
     with st.spinner(f"Fetching fleet data from {base_url} …"):
-        snap = get_client(base_url).fetch_snapshot()
+        snap = get_client(base_url).fetch_snapshot(search or None)
     st.session_state[SNAPSHOT_KEY] = (key, snap)
     st.session_state[FETCHED_AT_KEY] = time.monotonic()
     return snap

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_SECONDS = 30.0
 DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_SERVERS = 500
 
 
 class DashboardSettings(BaseSettings):
@@ -37,12 +38,16 @@ class DashboardSettings(BaseSettings):
                              "seconds the dashboard waits for an answer (connecting: at most 5 s); not a "
                              "positive number: ignored")
 
+    max_servers: int = env("FLEETCAST_DASHBOARD_MAX_SERVERS", DEFAULT_MAX_SERVERS, None,
+                           "the dashboard shows at most this many servers, the riskiest first (a page of "
+                           "`GET /predictions`; the search box finds the others); not a positive number: ignored")
+
     @field_validator("api_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("refresh_seconds", "api_timeout", mode="wrap")
+    @field_validator("refresh_seconds", "api_timeout", "max_servers", mode="wrap")
     @classmethod
     def _positive_or_default(cls, value: Any, handler: Any, info: Any) -> float:
         field = cls.model_fields[info.field_name]
@@ -55,7 +60,7 @@ class DashboardSettings(BaseSettings):
         if number <= 0:
             log.warning("ignoring %s=%r: not positive", field.validation_alias, value)
             return default
-        return number
+        return int(number) if field.annotation is int else number
 
 
 def get_settings() -> DashboardSettings:

@@ -1,26 +1,43 @@
-"""Alert rules: quantile forecasts -> alerts with a time to breach, a probability and a severity.
+"""Alert rules: quantile forecasts (and, for slow fills, a robust trend) -> alerts with a time to breach,
+a probability, a severity and an explanation.
 
 Thresholds live in ``models/alerts.yaml`` (``FLEETCAST_ALERTS_FILE`` points elsewhere). For each rule
 (metric) the critical threshold is checked first, then the warning one. A threshold is *reached*
-when the current value is already at or above it, or when the forecast's P90 crosses it within the
-horizon with a chance of at least ``min_probability`` (YAML). Then
 
-- ``prediction_time`` is the first step where P50 crosses (the expected breach), or where the chance
-  first reaches ``min_probability`` when P50 never crosses (a possible breach), or the time of the
-  last observation when the value is already above;
-- ``probability`` is the chance of reaching the threshold at the most likely step, interpolated from
-  the quantiles (P10 crossing ~0.9, P50 0.5, P90 0.1; linear between them);
-- ``severity`` adds up threshold level (critical 2, warning 1), certainty (P50 or current crosses: +1)
-  and urgency (breach within ``soon_hours``: +1): 4 critical, 3 high, 2 medium, 1 low.
+- when the current value is already at or above it (and, when the history is given, so were the last
+  ``persistence.above_steps`` values: one noisy sample is not an alert), or
+- when the *chance of reaching it* within the horizon is at least the *probability cut* of that metric and
+  level. The cuts are chosen on a calibration fleet by :func:`models.backtest.calibrate` and stored in the
+  calibration file (``calibration_file`` in the YAML, default ``models/alert_calibration.yaml``);
+  ``min_probability`` is the cut where the file has none.
 
-:class:`AlertBook` keeps the active alerts deduplicated per (server, alert_type) with a stable
-``first_seen``, and clears an alert as soon as the server's forecast no longer reaches a threshold.
+The chance per step comes from the forecast's P10/P50/P90 (:func:`exceed_probability`: P10 crossing
+~0.9, P50 0.5, P90 0.1, linear between them). For the metrics in ``trend.metrics`` (memory, disk: leaks and
+fills are slow ramps a forecaster tends to pull back to the profile's level) a **robust trend** joins the
+forecast when it rises significantly (slope >= 5 standard errors): the Theil-Sen slope of the last
+``trend.hours`` of history, projected over the horizon with a band from the line's standard errors
+(:func:`robust_trend`, :func:`trend_quantiles`); the chance per step is the larger of the two. Then
+
+- ``prediction_time`` is the first step where the chance reaches 0.5 (the expected breach: P50 of the
+  forecast or of the trend crosses), or where it first reaches the cut (a possible breach), or the
+  forecast's origin when the value is already above;
+- ``probability`` is the largest chance over the horizon (1.0 when already above);
+- ``severity`` adds up threshold level (critical 2, warning 1), certainty (chance reaches 0.5 or the
+  value is above: +1) and urgency (breach within ``soon_hours``: +1): 4 critical, 3 high, 2 medium, 1 low;
+- ``explanation`` says what drove it: the trend and its rate, or the forecast's P50 and band.
+
+:class:`AlertBook` keeps the active alerts, one per (server, alert_type), **in data time** (the forecast's
+origin, never the wall clock, so a backtest replays exactly what the service does). Persistence: an
+alert *opens* when its rule has held at every evaluation for ``persistence.open_minutes`` (an
+already-above alert confirmed by its history opens at once); it is *resolved* when no evaluation has
+raised it for ``persistence.close_minutes`` and the latest one is clear (forecast and trend below the cut,
+value below the threshold). One noisy forecast therefore neither opens nor closes an alert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +54,7 @@ SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")  # ascending
 RISK_LEVELS = SEVERITIES
 _SCORE_TO_SEVERITY = {1: "low", 2: "medium", 3: "high", 4: "critical"}
 _EPS = 1e-6
+TREND_MIN_T = 5.0  # a trend joins the forecast only when its slope is this many standard errors above 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,12 @@ class AlertConfig:
     profile_overrides: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
     soon_hours: float = 2.0
     min_probability: float = 0.2
+    cuts: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # metric -> level -> cut
+    trend_metrics: tuple[str, ...] = ()
+    trend_hours: float = 3.0
+    open_minutes: float = 0.0
+    close_minutes: float = 0.0
+    above_steps: int = 1
 
     def thresholds(self, rule: Rule, profile: str | None) -> dict[str, float]:
         """``{"warning": w, "critical": c}`` for ``rule`` and ``profile`` (per-profile overrides applied)."""
@@ -61,13 +85,43 @@ class AlertConfig:
         out.update({k: float(v) for k, v in override.items() if k in out})
         return out
 
+    def cut(self, metric: str, level: str) -> float:
+        """The probability cut of ``metric`` at ``level`` (calibrated; ``min_probability`` otherwise)."""
+        return float(self.cuts.get(metric, {}).get(level, self.min_probability))
+
+    @property
+    def trend_steps(self) -> int:
+        return int(round(self.trend_hours * schema.STEPS_PER_HOUR))
+
+    def with_cuts(self, cuts: Mapping[str, Mapping[str, float]]) -> AlertConfig:
+        """This config with other probability cuts (the calibration tries several)."""
+        return replace(self, cuts={m: dict(v) for m, v in cuts.items()})
+
+    def with_persistence(self, open_minutes: float, close_minutes: float) -> AlertConfig:
+        return replace(self, open_minutes=float(open_minutes), close_minutes=float(close_minutes))
+
 
 def _alerts_path() -> Path:
     return get_settings().alerts_file
 
 
-def parse_config(data: Mapping[str, Any]) -> AlertConfig:
-    """Build an :class:`AlertConfig` from the YAML's mapping; ValueError naming what is wrong."""
+def _parse_cuts(data: Mapping[str, Any], where: str) -> dict[str, dict[str, float]]:
+    cuts: dict[str, dict[str, float]] = {}
+    for metric, levels in (data or {}).items():
+        if metric not in schema.METRICS:
+            raise ValueError(f"{where}: unknown metric {metric!r}")
+        cuts[str(metric)] = {}
+        for level, value in (levels or {}).items():
+            if level not in ("warning", "critical") or not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"{where}: {metric}.{level} must be warning/critical with a cut in (0, 1]")
+            cuts[str(metric)][str(level)] = float(value)
+    return cuts
+
+
+def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> AlertConfig:
+    """Build an :class:`AlertConfig` from the YAML's mapping; ValueError naming what is wrong.
+
+    ``base_dir``: where a relative ``calibration_file`` lives (the alerts file's folder)."""
     rules = []
     for i, item in enumerate(data.get("rules") or []):
         try:
@@ -88,13 +142,39 @@ def parse_config(data: Mapping[str, Any]) -> AlertConfig:
     min_probability = float(data.get("min_probability", 0.2))
     if not 0.0 < min_probability <= 1.0:
         raise ValueError("alerts config: min_probability must be in (0, 1]")
-    return AlertConfig(tuple(rules), profiles, soon, min_probability)
+    trend = data.get("trend") or {}
+    trend_metrics = tuple(str(m) for m in trend.get("metrics") or ())
+    for m in trend_metrics:
+        if m not in schema.METRICS:
+            raise ValueError(f"alerts config: trend.metrics: unknown metric {m!r}")
+    trend_hours = float(trend.get("hours", 3.0))
+    if not 0.5 <= trend_hours <= 24.0:
+        raise ValueError("alerts config: trend.hours must be between 0.5 and 24")
+    persistence = data.get("persistence") or {}
+    open_minutes = float(persistence.get("open_minutes", 0.0))
+    close_minutes = float(persistence.get("close_minutes", 0.0))
+    above_steps = int(persistence.get("above_steps", 1))
+    if open_minutes < 0 or close_minutes < 0 or above_steps < 1:
+        raise ValueError("alerts config: persistence minutes must be >= 0 and above_steps >= 1")
+    cuts = _parse_cuts(data.get("cuts") or {}, "alerts config: cuts")
+    calibration = data.get("calibration_file")
+    if calibration:
+        path = Path(calibration)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if path.is_file():  # a missing calibration file leaves min_probability as the cut
+            with path.open(encoding="utf-8") as f:
+                calibrated = yaml.safe_load(f) or {}
+            from_file = _parse_cuts(calibrated.get("cuts") or {}, f"calibration file {path}")
+            cuts = {m: {**from_file.get(m, {}), **cuts.get(m, {})} for m in {*from_file, *cuts}}  # YAML wins
+    return AlertConfig(tuple(rules), profiles, soon, min_probability, cuts, trend_metrics, trend_hours,
+                       open_minutes, close_minutes, above_steps)
 
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime: float) -> AlertConfig:
     with Path(path).open(encoding="utf-8") as f:
-        return parse_config(yaml.safe_load(f) or {})
+        return parse_config(yaml.safe_load(f) or {}, Path(path).parent)
 
 
 def load_config(path: str | Path | None = None) -> AlertConfig:
@@ -157,26 +237,150 @@ def severity_for(level: str, certain: bool, hours_to_breach: float, soon_hours: 
     return _SCORE_TO_SEVERITY[score]
 
 
-def evaluate_metric(
-    rule: Rule, thresholds: Mapping[str, float], quantiles: np.ndarray, timestamps: pd.DatetimeIndex,
-    origin: pd.Timestamp, current: float | None, soon_hours: float = 2.0, min_probability: float = 0.2,
-) -> dict[str, Any] | None:
-    """The alert of one rule for one server's forecast, or None when no threshold is reached."""
+# --- trend ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trend:
+    """A robust linear trend of the last ``n`` steps: value ``level`` at the last step, ``slope`` per step
+    (Theil-Sen: the median of all pairwise slopes), its standard error and the residuals' spread."""
+
+    level: float
+    slope: float
+    slope_se: float
+    sigma: float
+    n: int
+
+    @property
+    def rising(self) -> bool:
+        """A significant rise: the slope is positive and at least ``TREND_MIN_T`` standard errors."""
+        return self.slope > 0 and self.slope >= TREND_MIN_T * self.slope_se
+
+    @property
+    def per_hour(self) -> float:
+        return self.slope * schema.STEPS_PER_HOUR
+
+
+@lru_cache(maxsize=8)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, k=1)
+
+
+def robust_trend(values: np.ndarray, steps: int) -> Trend | None:
+    """The Theil-Sen trend of the last ``steps`` values of ``values`` (NaN skipped); None with fewer than
+    half of them or fewer than 6 finite values."""
+    y = np.asarray(values, dtype=float)[-steps:]
+    x = np.arange(len(y), dtype=float)
+    ok = np.isfinite(y)
+    if ok.sum() < max(6, steps // 2):
+        return None
+    x, y = x[ok], y[ok]
+    i, j = _pairs(len(y))
+    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    last = x[-1] if len(x) else 0.0
+    level = float(np.median(y - slope * (x - last)))
+    resid = y - (level + slope * (x - last))
+    sigma = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+    n = len(y)
+    slope_se = sigma * float(np.sqrt(12.0 / max(n * (n * n - 1), 1)))
+    return Trend(level, slope, slope_se, sigma, n)
+
+
+def trend_quantiles(trend: Trend, horizon: int) -> np.ndarray:
+    """P10/P50/P90 ``[horizon, 3]`` of the trend line carried forward ``1..horizon`` steps: P50 on the line,
+    the band from the line's own uncertainty (slope and level standard errors; normal, z = 1.2816)."""
+    h = np.arange(1, horizon + 1, dtype=float)
+    mid = trend.level + trend.slope * h
+    half = 1.2816 * np.sqrt((trend.slope_se * h) ** 2 + trend.sigma ** 2 / trend.n)
+    return np.stack([mid - half, mid, mid + half], axis=1)
+
+
+# --- evaluation of one rule -------------------------------------------------------------------------------
+def breach_chance(quantiles: np.ndarray, threshold: float, trend_q: np.ndarray | None = None) -> np.ndarray:
+    """The chance per step of being at or above ``threshold``: the forecast's, or the larger of the
+    forecast's and the trend's (``trend_q``: :func:`trend_quantiles`)."""
+    chance = exceed_probability(quantiles, threshold)
+    if trend_q is not None:
+        chance = np.maximum(chance, exceed_probability(trend_q[: len(chance)], threshold))
+    return chance
+
+
+def metric_scores(
+    rule: Rule, thresholds: Mapping[str, float], quantiles: np.ndarray, current: float | None,
+    history: np.ndarray | None = None, trend_steps: int = 0, above_steps: int = 1,
+) -> dict[str, tuple[bool, float]]:
+    """Per level: (already above and held, score). The rule of :func:`evaluate_metric` raises a level when
+    it is already above, or when its score (the largest chance over the steps the P90 of the forecast or
+    the trend reaches) is at least the level's cut. The calibration sweeps cuts over these scores."""
     q = np.asarray(quantiles, dtype=float)
-    label = schema.METRIC_LABELS.get(rule.metric, rule.metric)
+    recent = None if history is None else np.asarray(history, dtype=float)
+    trend_q = _trend_band(recent, trend_steps, len(q))[1]
+    out = {}
     for level in ("critical", "warning"):
         threshold = float(thresholds[level])
-        if current is not None and current >= threshold:
+        held = (recent is None or len(recent) < above_steps
+                or bool(np.all(recent[-above_steps:] >= threshold)))
+        chance = breach_chance(q, threshold, trend_q)
+        upper = np.maximum(q[:, 2], trend_q[:, 2]) if trend_q is not None else q[:, 2]
+        reach = chance[upper >= threshold]
+        out[level] = (current is not None and current >= threshold and held,
+                      float(reach.max()) if reach.size else 0.0)
+    return out
+
+
+def _trend_band(recent: np.ndarray | None, trend_steps: int, horizon: int) -> tuple[Trend | None, np.ndarray | None]:
+    trend = robust_trend(recent, trend_steps) if (recent is not None and trend_steps > 0) else None
+    if trend is None or not trend.rising:
+        return None, None  # only a significant rise is carried forward
+    return trend, trend_quantiles(trend, horizon)
+
+
+def _explanation(label: str, metric: str, threshold: float, q: np.ndarray, step: int, minutes: float,
+                 trend: Trend | None, trend_q: np.ndarray | None) -> str:
+    target = _fmt_value(metric, threshold)
+    unit = "%" if metric in schema.PERCENT_METRICS else ""
+    if trend is not None and trend_q is not None:
+        forecast_chance = float(exceed_probability(q[step:step + 1], threshold)[0])
+        trend_chance = float(exceed_probability(trend_q[step:step + 1], threshold)[0])
+        if trend_chance > forecast_chance:
+            return (f"trend {trend.per_hour:+.2f}{unit}/h over the last {trend.n * schema.STEP_MINUTES / 60:g} h "
+                    f"(Theil-Sen, now {trend.level:.1f}{unit}) reaches {target} in {humanize_minutes(minutes)}")
+    return (f"forecast P50 {q[step, 1]:.1f}{unit} (P10-P90 {q[step, 0]:.1f}-{q[step, 2]:.1f}) "
+            f"in {humanize_minutes(minutes)}, {label} threshold {target}")
+
+
+def evaluate_metric(
+    rule: Rule, thresholds: Mapping[str, float], quantiles: np.ndarray, timestamps: pd.DatetimeIndex,
+    origin: pd.Timestamp, current: float | None, soon_hours: float = 2.0, min_probability: float = 0.2, *,
+    cuts: Mapping[str, float] | None = None, history: np.ndarray | None = None, trend_steps: int = 0,
+    above_steps: int = 1,
+) -> dict[str, Any] | None:
+    """The alert of one rule for one server's forecast, or None when no threshold is reached.
+
+    ``cuts``: probability cut per level (default ``min_probability`` for both); ``history``: the metric's
+    recent values, oldest first, ending with ``current`` (for the already-above persistence and the trend);
+    ``trend_steps`` > 0: a Theil-Sen trend of that many steps joins the forecast."""
+    q = np.asarray(quantiles, dtype=float)
+    label = schema.METRIC_LABELS.get(rule.metric, rule.metric)
+    recent = None if history is None else np.asarray(history, dtype=float)
+    trend, trend_q = _trend_band(recent, trend_steps, len(q))
+    for level in ("critical", "warning"):
+        threshold = float(thresholds[level])
+        cut = float((cuts or {}).get(level, min_probability))
+        held = (recent is None or len(recent) < above_steps
+                or bool(np.all(recent[-above_steps:] >= threshold)))
+        if current is not None and current >= threshold and held:
             hours, certain, probability = 0.0, True, 1.0
             when = pd.Timestamp(origin)
             predicted = float(q[0, 1])
             message = f"{label} already above {_fmt_value(rule.metric, threshold)} (now {current:.1f})"
+            explanation = f"{label} at or above {_fmt_value(rule.metric, threshold)} for the last " \
+                          f"{humanize_minutes(above_steps * schema.STEP_MINUTES)}"
         else:
-            chance = exceed_probability(q, threshold)
-            p50_cross = np.flatnonzero(q[:, 1] >= threshold)
-            likely = np.flatnonzero((q[:, 2] >= threshold) & (chance >= min_probability - _EPS))
+            chance = breach_chance(q, threshold, trend_q)
+            upper = np.maximum(q[:, 2], trend_q[:, 2]) if trend_q is not None else q[:, 2]
+            likely = np.flatnonzero((upper >= threshold) & (chance >= cut - _EPS))
             if likely.size == 0:
                 continue
+            p50_cross = np.flatnonzero(chance >= 0.5 - _EPS)
             certain = p50_cross.size > 0
             step = int(p50_cross[0] if certain else likely[0])
             probability = float(chance.max())
@@ -188,11 +392,13 @@ def evaluate_metric(
             message = f"{label} {verb} {_fmt_value(rule.metric, threshold)} in {humanize_minutes(minutes)}"
             if not certain:
                 message += f" (probability {probability:.0%})"
+            explanation = _explanation(label, rule.metric, threshold, q, step, minutes, trend, trend_q)
         return {
             "alert_type": rule.alert_type,
             "severity": severity_for(level, certain, hours, soon_hours),
             "level": level,
             "message": message,
+            "explanation": explanation,
             "prediction_time": _iso(when),
             "metric": rule.metric,
             "threshold": round(threshold, 2),
@@ -200,6 +406,7 @@ def evaluate_metric(
             "predicted_value": round(predicted, 2),
             "probability": round(probability, 2),
             "hours_to_breach": round(hours, 2),
+            "already_above": hours == 0.0 and probability == 1.0 and current is not None and current >= threshold,
         }
     return None
 
@@ -207,17 +414,23 @@ def evaluate_metric(
 def evaluate_forecast(
     server_name: str, profile: str, quantiles: Mapping[str, np.ndarray], timestamps: pd.DatetimeIndex,
     origin: pd.Timestamp, current: Mapping[str, float], config: AlertConfig | None = None,
+    history: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """All alerts for one server: ``quantiles`` metric -> [steps, 3]; ``current`` metric -> last value."""
+    """All alerts for one server: ``quantiles`` metric -> [steps, 3]; ``current`` metric -> last value;
+    ``history`` metric -> recent values ending with the current one (the trend and the already-above
+    persistence use it; without it only the current value counts)."""
     cfg = config or load_config()
     out = []
     for rule in cfg.rules:
         if rule.metric not in quantiles:
             continue
         value = current.get(rule.metric)
-        alert = evaluate_metric(rule, cfg.thresholds(rule, profile), quantiles[rule.metric], timestamps,
-                                origin, None if value is None else float(value), cfg.soon_hours,
-                                cfg.min_probability)
+        recent = None if history is None else history.get(rule.metric)
+        alert = evaluate_metric(
+            rule, cfg.thresholds(rule, profile), quantiles[rule.metric], timestamps, origin,
+            None if value is None else float(value), cfg.soon_hours, cfg.min_probability,
+            cuts={lv: cfg.cut(rule.metric, lv) for lv in ("warning", "critical")}, history=recent,
+            trend_steps=cfg.trend_steps if rule.metric in cfg.trend_metrics else 0, above_steps=cfg.above_steps)
         if alert is not None:
             out.append({"server_name": server_name, "profile": profile, **alert})
     return out
@@ -237,22 +450,60 @@ def severity_rank(severity: str) -> int:
 
 
 class AlertBook:
-    """Active alerts, one per (server, alert_type); ``first_seen`` stays while the alert holds."""
+    """Active alerts, one per (server, alert_type), with persistence in data time.
 
-    def __init__(self) -> None:
+    :meth:`update` takes each evaluation of a server with its data time (the forecast's origin). An alert
+    *opens* once its rule held at every evaluation for ``open_minutes`` (already-above alerts confirmed
+    by their history open at once); it is *resolved* when the latest evaluation is clear and none raised
+    it for ``close_minutes``. ``first_seen`` is the data time it opened; ``timestamp`` the data time of
+    the evaluation that last raised it. Defaults: the ``persistence`` section of the alert config.
+    """
+
+    def __init__(self, open_minutes: float | None = None, close_minutes: float | None = None) -> None:
+        if open_minutes is None or close_minutes is None:
+            cfg = load_config()
+            open_minutes = cfg.open_minutes if open_minutes is None else open_minutes
+            close_minutes = cfg.close_minutes if close_minutes is None else close_minutes
+        self.open_after = pd.Timedelta(minutes=float(open_minutes))
+        self.close_after = pd.Timedelta(minutes=float(close_minutes))
         self._active: dict[tuple[str, str], dict[str, Any]] = {}
+        self._last_raised: dict[tuple[str, str], pd.Timestamp] = {}  # active: data time last raised
+        self._pending: dict[tuple[str, str], pd.Timestamp] = {}  # not yet open: data time of the run's start
 
-    def update(self, server_name: str, alerts: Iterable[Mapping[str, Any]], now: pd.Timestamp | str) -> None:
-        """Replace ``server_name``'s alerts with ``alerts`` (the latest evaluation) at time ``now``."""
-        stamp = _iso(now)
+    def update(self, server_name: str, alerts: Iterable[Mapping[str, Any]], now: pd.Timestamp | str) -> list[str]:
+        """Take ``server_name``'s latest evaluation ``alerts`` at data time ``now``; returns the alert types
+        that opened with it."""
+        t = pd.Timestamp(now)
+        stamp = _iso(t)
         fresh = {(server_name, a["alert_type"]): dict(a) for a in alerts}
+        for key in [k for k in self._pending if k[0] == server_name and k not in fresh]:
+            del self._pending[key]  # the run broke before the alert opened
         for key in [k for k in self._active if k[0] == server_name and k not in fresh]:
-            del self._active[key]  # cleared: the forecast no longer reaches a threshold
+            if t - self._last_raised[key] >= self.close_after:
+                del self._active[key], self._last_raised[key]  # resolved: clear for close_minutes
+        opened = []
         for key, alert in fresh.items():
             previous = self._active.get(key)
+            if previous is None:
+                since = self._pending.setdefault(key, t)
+                if not (alert.get("already_above") or t - since >= self.open_after):
+                    continue
+                self._pending.pop(key, None)
+                opened.append(key[1])
             alert["first_seen"] = previous["first_seen"] if previous else stamp
             alert["timestamp"] = stamp
             self._active[key] = alert
+            self._last_raised[key] = t
+        return opened
+
+    def clear(self, server_name: str) -> None:
+        """Forget ``server_name``'s alerts at once (its data no longer allows a forecast)."""
+        for d in (self._active, self._last_raised, self._pending):
+            for key in [k for k in d if k[0] == server_name]:
+                del d[key]
+
+    def is_active(self, server_name: str, alert_type: str) -> bool:
+        return (server_name, alert_type) in self._active
 
     def for_server(self, server_name: str) -> list[dict[str, Any]]:
         return [a for (s, _), a in self._active.items() if s == server_name]

@@ -29,7 +29,7 @@ import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer, NaNLabelEncoder
 
-from models import schema
+from models import grid, schema
 
 TIME_IDX = "time_idx"
 TARGETS: list[str] = list(schema.METRICS)
@@ -80,39 +80,21 @@ def clean_records(records: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-def regularize(records: pd.DataFrame) -> pd.DataFrame:
-    """Put each server on a gap-free 5-minute grid between its first and last sample.
+def regularize(records: pd.DataFrame, segments: grid.Segments = "last") -> pd.DataFrame:
+    """Put each server on the regular 5-minute grid with the one alignment policy (:func:`models.grid.align`).
 
-    Missing steps and missing metric values are forward-filled (then back-filled), the profile is the
-    server's last declared one. Input must already be :func:`clean_records`-clean.
+    Buckets averaged, gaps up to 15 min interpolated, a longer gap cuts the series: ``segments="last"``
+    keeps the contiguous tail (what a forecast reads), ``"all"`` keeps every segment as its own series
+    (what training reads). Returns :func:`clean_records`-clean rows (float32 metrics).
     """
     if records.empty:
         return records.copy()
-    same_server = records[schema.SERVER].to_numpy()[1:] == records[schema.SERVER].to_numpy()[:-1]
-    steps = np.diff(records[schema.TIMESTAMP].to_numpy().astype("datetime64[ns]").astype(np.int64))
-    last_profile = records.groupby(schema.SERVER, sort=False)[schema.PROFILE].transform("last")
-    if ((steps[same_server] == _STEP_NS).all() and not records[list(schema.METRICS)].isna().any().any()
-            and (last_profile == records[schema.PROFILE]).all()):
-        return records.reset_index(drop=True)  # already regular: the common case, no per-server work
-    parts: list[pd.DataFrame] = []
-    for server, group in records.groupby(schema.SERVER, sort=True):
-        idx = pd.date_range(group[schema.TIMESTAMP].iloc[0], group[schema.TIMESTAMP].iloc[-1],
-                            freq=schema.STEP_FREQ)
-        g = group.set_index(schema.TIMESTAMP)
-        if len(idx) != len(g) or g[list(schema.METRICS)].isna().any().any():
-            g = g.reindex(idx).ffill().bfill()
-        g = g.rename_axis(schema.TIMESTAMP).reset_index()
-        g[schema.SERVER] = server
-        g[schema.PROFILE] = group[schema.PROFILE].iloc[-1]
-        parts.append(g)
-    if not parts:
-        return records.iloc[0:0].copy()
-    return pd.concat(parts, ignore_index=True)[list(schema.COLUMNS)]
+    return clean_records(grid.align(records, segments=segments))
 
 
 def prepare_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """Records (schema.COLUMNS, long format) -> model frame: cleaned, gap-free, with time features."""
-    return add_time_features(regularize(clean_records(records)))
+    """Records (schema.COLUMNS, long format) -> model frame: on the grid (every segment), with time features."""
+    return add_time_features(regularize(records, segments="all"))
 
 
 def extend_future(history: pd.DataFrame, steps: int = schema.HORIZON_STEPS) -> pd.DataFrame:
@@ -270,10 +252,8 @@ def inference_frame(history: pd.DataFrame, max_encoder_length: int = schema.ENCO
     Returns (frame with time features, per-server info: server_name, profile, origin, history_steps).
     Servers with fewer than ``min_encoder_length`` steps are left out.
     """
-    clean = clean_records(history)
-    clean = clean.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
-    regular = regularize(clean)
-    regular = regular.groupby(schema.SERVER, sort=True).tail(max_encoder_length)
+    regular = clean_records(grid.align(history, steps=max_encoder_length)) if not history.empty else \
+        clean_records(history)
     sizes = regular.groupby(schema.SERVER, sort=True).size()
     keep = sizes[sizes >= min_encoder_length].index
     regular = regular[regular[schema.SERVER].isin(keep)].reset_index(drop=True)

@@ -34,7 +34,7 @@ from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from models import config
+from models import config, grid
 from models.tft import EpochRecord, Forecaster, forecasts_to_frame
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,9 @@ def log_evaluation(
 class FleetcastTFT(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: records DataFrame in, long-format quantile forecasts out.
 
-    Output columns: server_name, profile, origin, timestamp, step, metric, p10, p50, p90.
+    Records at any times are put on the grid by :func:`models.grid.align` first (the policy training and
+    the feed store use). Output columns: server_name, profile, origin, timestamp, step, metric, p10,
+    p50, p90.
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -154,7 +156,9 @@ class FleetcastTFT(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return forecasts_to_frame(self.forecaster.forecast(pd.DataFrame(model_input)))
+        # the one alignment policy, as training and the feed store apply it (models.grid)
+        history = grid.align(pd.DataFrame(model_input), steps=self.forecaster.max_encoder_length)
+        return forecasts_to_frame(self.forecaster.forecast(history))
 
 
 def log_and_register(run_id: str, checkpoint: str | Path, tracking_uri: str | None = None) -> ModelVersion:

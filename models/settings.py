@@ -50,6 +50,20 @@ class Settings(BaseSettings):
                                 "same schema)")
     alerts_file: Path = env("FLEETCAST_ALERTS_FILE", ALERTS_FILE, "models/alerts.yaml",
                             "alert rules (thresholds) the service raises alerts with")
+    alert_gate_tolerance: float = env("FLEETCAST_ALERT_GATE_TOLERANCE", 0.05, None,
+                                      "promotion gate: a candidate whose alert backtest recall (>= 1 h) or "
+                                      "precision of onsets is more than this below the champion's is not promoted")
+    # feed retraining automation (orchestration/sensors.py, schedules.py)
+    retrain_server_days: int = env("FLEETCAST_RETRAIN_SERVER_DAYS", 14, None,
+                                   "the feed retraining sensor launches a run when the feed store has grown by "
+                                   "this many server-days (distinct server x UTC day) since the last run")
+    retrain_health_url: str = env("FLEETCAST_RETRAIN_HEALTH_URL", "http://127.0.0.1:8000/health", None,
+                                  "the service's /health the sensor reads the fleet's rolling skill from "
+                                  "(model MAE / best-naive MAE; absent or unreachable: unknown, no trigger)")
+    retrain_min_hours: float = env("FLEETCAST_RETRAIN_MIN_HOURS", 24.0, None,
+                                   "the skill trigger (skill < 1.0) launches at most one run per this many hours")
+    retrain_preset: str = env("FLEETCAST_RETRAIN_PRESET", "demo", None,
+                              "training preset of runs the sensor and the weekly schedule launch")
 
 
 def get_settings() -> Settings:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-from models import features, fused, inference, schema
+from models import features, fused, grid, inference, schema
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +198,28 @@ def train_tft(
     model_settings: ModelSettings | None = None,
     train_settings: TrainSettings | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    init: Forecaster | None = None,
 ) -> TrainResult:
     """Train a TFT on ``train_frame`` (a :func:`models.features.prepare_frame` output).
 
     ``val_dataset_builder`` gets the fitted dataset parameters and returns the validation dataset
     (see :func:`models.evaluation.validation_dataset`); without it no validation loss is computed.
+
+    ``init``: fine-tune, starting from that forecaster's weights and with its dataset parameters
+    (encoders, normalizers; its network size wins over ``model_settings``, whose learning rate is
+    used). The forecaster itself is not changed. Its training servers stay "seen".
     """
     ts = train_settings or TrainSettings()
     pl.seed_everything(ts.seed, workers=True, verbose=False)
     started = time.perf_counter()
-    train_ds = features.build_training_dataset(train_frame)
-    model = build_model(train_ds, model_settings)
+    if init is None:
+        train_ds = features.build_training_dataset(train_frame)
+        model = build_model(train_ds, model_settings)
+    else:
+        # the champion's own encoders and normalizers, any time range (a trace from 2014 trains too)
+        train_ds = TimeSeriesDataSet.from_parameters(init.inference_parameters, train_frame, predict=False)
+        model = deepcopy(init.model).train()
+        model.hparams.learning_rate = (model_settings or ModelSettings()).learning_rate
     train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
     val_loader = None
     if val_dataset_builder is not None:
@@ -234,6 +246,8 @@ def train_tft(
         trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     model = model.cpu().eval()
     servers = frozenset(train_frame[schema.SERVER].unique().tolist())
+    if init is not None:
+        servers |= init.training_servers
     return TrainResult(model=model, history=history.records, training_servers=servers,
                        seconds=time.perf_counter() - started, n_train_samples=len(train_ds))
 
@@ -462,6 +476,7 @@ class Forecaster:
 
     def _predict(self, history: pd.DataFrame) -> tuple[np.ndarray, list[str], pd.DataFrame]:
         """(quantile array, server of each row, per-server info indexed by server_name)."""
+        history = on_grid(history, self.max_encoder_length)
         builder = self._tensor_builder
         if builder is not None:
             aligned = inference.align_history(history, self.max_encoder_length, self.min_encoder_length)
@@ -482,6 +497,18 @@ class Forecaster:
         dataset = features.dataset_from_parameters(self.inference_parameters, frame, predict=True)
         values, index = predict_dataset(self.model, dataset)
         return values, index[schema.SERVER].tolist(), info
+
+
+def on_grid(history: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """``history`` unchanged when every timestamp is on the 5-minute grid (the store's history, training
+    frames); otherwise put on it by the one alignment policy (:func:`models.grid.align`, averaging the
+    records of a bucket), so off-grid records give the same inputs as through the feed store."""
+    if history.empty or schema.TIMESTAMP not in history.columns:
+        return history
+    ns = pd.DatetimeIndex(pd.to_datetime(history[schema.TIMESTAMP])).as_unit("ns").asi8
+    if not (ns % int(schema.STEP.value)).any():
+        return history
+    return grid.align(history, steps=steps)
 
 
 def forecasts_to_frame(forecasts: dict[str, ServerForecast]) -> pd.DataFrame:

@@ -26,9 +26,29 @@ train_and_promote_full = dg.define_asset_job(
     description="train_and_promote with the full preset (whole epochs; GPU if present).",
 )
 
+
+
+def feed_run_config(preset: str = "demo", source: str = "feed", init_from_champion: bool = True) -> dict:
+    """Run config of a feed retraining run: production data, fine-tuned from the champion by default."""
+    return {"ops": {
+        "experiment_split": {"config": {"source": source}},
+        "tft_model": {"config": {"preset": preset, "init_from_champion": init_from_champion}},
+    }}
+
+
+# the closed loop: read the feed store, validate, fine-tune the champion on it, gate on the held-out
+# production windows, package. What the feed sensor and the weekly schedule launch.
+feed_retrain = dg.define_asset_job(
+    "feed_retrain",
+    selection=dg.AssetSelection.assets("production_dataset") | _TRAIN_PATH,
+    config=feed_run_config(),
+    description="Production retraining: production_dataset from the feed store (+ its check), fine-tune the "
+                "champion on the first 80 % of feed time, evaluate and gate on the last 20 %, package the champion.",
+)
+
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("feed"),
     description="Everything, in order: dataset and its check, training, promotion, packaging (what `make demo` runs).",
 )
 
@@ -38,4 +58,4 @@ package_champion = dg.define_asset_job(
     description="Import the MLflow champion into BentoML's model store (what `bentoml serve` loads).",
 )
 
-JOBS = [full_pipeline, build_dataset, train_and_promote, train_and_promote_full, package_champion]
+JOBS = [full_pipeline, build_dataset, train_and_promote, train_and_promote_full, feed_retrain, package_champion]

@@ -58,5 +58,9 @@ class MlflowResource(dg.ConfigurableResource):
                 rescore: Callable[[Forecaster], float] | None) -> registry.Decision:
         return registry.promote(version, metrics, rescore, self.uri())
 
+    def champion_checkpoint(self) -> Path:
+        """The champion's checkpoint, downloaded (LookupError when there is no champion)."""
+        return registry.champion_checkpoint_path(self.uri())
+
     def current_champion(self) -> ModelVersion | None:
         return registry.current_champion(self.uri())

@@ -9,6 +9,11 @@ size. :meth:`start` runs the refresh in a background thread every ``FLEETCAST_RE
 (default 5 s) when new data arrived. After each refresh the active alerts go to the alert delivery
 (``serving/delivery.py``: Alertmanager, webhooks; when configured) and the new entries to the Prometheus
 exposition (``serving/exposition.py``: ``GET /metrics/forecasts``).
+
+With a forecast guard (``serving/forecast_guard.py``, on unless ``FLEETCAST_GUARD=0``) the refresh reads
+a day more history than the encoder takes, and each server's metric is served the model's forecast or
+the best naive one, whichever scored better on the server's recent forecasts; entries say which
+(``forecast_source``) and the alerts are evaluated on what is served.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import pandas as pd
 from models import alerts as alert_rules
 from models import schema
 from models.tft import ServerForecast
+from serving import pages
 from serving.background import Periodic
 from serving.exposition import ForecastExposition
+from serving.forecast_guard import ForecastGuard
 from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -69,11 +76,13 @@ def rule_thresholds(config: alert_rules.AlertConfig, profile: str | None) -> dic
 
 
 def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[dict[str, Any]],
-                thresholds: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                thresholds: dict[str, dict[str, float]] | None = None,
+                sources: dict[str, str] | None = None) -> dict[str, Any]:
     """One element of GET /predictions (with ``history``) from a forecast and its server's history.
 
     ``thresholds``: the alert thresholds the service applies to this server (:func:`rule_thresholds`),
-    so a client draws the same lines the alerts are raised on (default: the rules in force now)."""
+    so a client draws the same lines the alerts are raised on (default: the rules in force now).
+    ``sources``: per metric, the forecast served (``model`` or a naive's name; default: the model)."""
     if thresholds is None:
         thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
@@ -95,6 +104,7 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
         "thresholds": thresholds,
         "seen_in_training": bool(fc.seen_in_training),
         "history_steps": int(fc.history_steps),
+        "forecast_source": {m: (sources or {}).get(m, "model") for m in schema.METRICS},
         "forecast": forecast,
         "history": _history_block(history),
     }
@@ -109,21 +119,27 @@ class PredictionEngine:
 
     def __init__(self, forecaster: Any, store: Any, model_info: dict[str, Any],
                  alert_config: alert_rules.AlertConfig | None = None,
-                 history_steps: int = schema.ENCODER_STEPS, delivery: Any = None) -> None:
+                 history_steps: int = schema.ENCODER_STEPS, delivery: Any = None,
+                 guard: ForecastGuard | None = None) -> None:
         self.forecaster = forecaster
         self.store = store
         self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
         self.alert_config = alert_config or alert_rules.load_config()
         self.history_steps = history_steps
-        self.alerts = alert_rules.AlertBook()
+        self.alerts = alert_rules.AlertBook(self.alert_config.open_minutes, self.alert_config.close_minutes)
         self.delivery = delivery  # serving.delivery.AlertDelivery (or None): told the active alerts per refresh
         self.exposition = ForecastExposition()  # the latest entries as Prometheus series
+        self.guard = guard  # model or best naive per server and metric (None: always the model)
+        self.read_steps = history_steps + (schema.STEPS_PER_DAY if guard is not None else 0)
+        self._sources: dict[str, dict[str, str]] = {}  # server -> metric -> forecast source served
+        self.guard_status: dict[str, Any] | None = None  # /health's "forecast_guard"
         self._entries: dict[str, dict[str, Any]] = {}  # server -> entry without history
         self._fragments: dict[str, bytes] = {}  # server -> JSON of entry without history
         self._full: dict[str, bytes] = {}  # server -> JSON of entry with history
         self._predictions: bytes | None = None
         self._predictions_full: bytes | None = None
         self._order: list[str] = []
+        self._alerts_list: list[dict[str, Any]] = []  # the batch's active alerts, in answer order
         self._alerts_json: bytes = self._alerts_document(None)
         self._seen: datetime | None = None  # store watermark (received_at) covered by the last batch
         self._lock = threading.Lock()  # guards the answers
@@ -143,25 +159,32 @@ class PredictionEngine:
                 return 0
             started = time.perf_counter()
             servers = self.store.servers_received_since(None if force else self._seen)
-            history = self.store.history(servers, steps=self.history_steps)
+            history = self.store.history(servers, steps=self.read_steps)
             forecasts = self.forecaster.forecast(history) if not history.empty else {}
             now = utcnow()
             by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
+            sources: dict[str, dict[str, str]] = {}
+            if self.guard is not None:  # serve the better of the model and the best naive
+                forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
             entries: dict[str, dict[str, Any]] = {}
             thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
             for name, fc in forecasts.items():
                 h = by_server[name]
                 current = {m: float(h[m].iloc[-1]) for m in schema.METRICS}
+                recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS}  # trend, already-above
                 server_alerts = alert_rules.evaluate_forecast(name, fc.profile, fc.quantiles, fc.timestamps,
-                                                              fc.origin, current, self.alert_config)
-                self.alerts.update(name, server_alerts, now)
+                                                              fc.origin, current, self.alert_config, recent)
+                self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+                server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
                 if fc.profile not in thresholds:
                     thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
-                entries[name] = build_entry(fc, h, server_alerts, thresholds[fc.profile])
+                entries[name] = build_entry(fc, h.tail(self.history_steps), server_alerts, thresholds[fc.profile],
+                                            sources.get(name))
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
-                self.alerts.update(name, [], now)
+                self.alerts.clear(name)
             self._publish(entries, dropped, now)
+            self._guard_report(sources, dropped)
             self._deliver()
             self._seen = watermark
             self.last_error = None
@@ -169,12 +192,28 @@ class PredictionEngine:
             logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
             return len(entries)
 
+    def _guard_report(self, sources: dict[str, dict[str, str]], dropped: list[str]) -> None:
+        """Keep the sources served per server; /health's and /metrics' guard figures."""
+        if self.guard is None:
+            return
+        for name in dropped:
+            self._sources.pop(name, None)
+        self.guard.forget(dropped)
+        self._sources.update(sources)
+        self.guard_status = self.guard.summary(self._sources)
+        try:
+            self.guard.export(self.guard_status)
+        except Exception:  # the gauges must never cost a refresh
+            logger.exception("could not update the guard's Prometheus gauges")
+
     def use_model(self, forecaster: Any, model_info: dict[str, Any]) -> int:
         """Serve with another model from now on: every stored server is forecast again with it at once
         (answers and alerts then come from the new model only). Returns how many were forecast."""
         with self._refresh_lock:
             self.forecaster = forecaster
             self.model_info = {k: model_info.get(k) for k in ("name", "version", "run_id")}
+            if self.guard is not None:
+                self.guard.use_model(model_info)
         return self.refresh(force=True)
 
     def _publish(self, entries: dict[str, dict[str, Any]], dropped: list[str], now: pd.Timestamp) -> None:
@@ -198,6 +237,7 @@ class PredictionEngine:
             self._order = names
             self._predictions = self._document(b",".join(self._fragments[n] for n in names))
             self._predictions_full = None  # built on first request with include_history
+            self._alerts_list = self.alerts.all()
             self._alerts_json = self._alerts_document(self.batch_time)
         self.exposition.update(entries.values(), dropped, self.model_info, self.batch_time)
 
@@ -210,8 +250,11 @@ class PredictionEngine:
         except Exception:  # delivery must never cost a forecast
             logger.exception("alert delivery could not take this refresh's alerts")
 
-    def _document(self, body: bytes) -> bytes:
-        tail = json.dumps({"timestamp": self.batch_time, "model": self.model_info}, separators=(",", ":"))
+    def _document(self, body: bytes, page: pages.Page | None = None) -> bytes:
+        fields: dict[str, Any] = {"timestamp": self.batch_time, "model": self.model_info}
+        if page is not None:
+            fields.update(total=page.total, next_offset=page.next_offset)
+        tail = json.dumps(fields, separators=(",", ":"))
         return b'{"predictions":[' + body + b"]," + tail[1:].encode()
 
     def _alerts_document(self, stamp: str | None) -> bytes:
@@ -239,6 +282,15 @@ class PredictionEngine:
                 self._predictions_full = self._document(b",".join(self._full[n] for n in self._order))
             return self._predictions_full
 
+    def predictions_page(self, query: pages.Query, include_history: bool = False) -> bytes:
+        """One page of ``GET /predictions`` (``serving/pages.py``): joined from the per-server fragments."""
+        self.ensure_batch()
+        with self._lock:
+            self.predictions_served += 1
+            page = pages.select(self._order, query, self._entries.__getitem__, "risk_level")
+            source = self._full if include_history else self._fragments
+            return self._document(b",".join(source[n] for n in page.items), page)
+
     def server_json(self, server_name: str) -> bytes | None:
         self.ensure_batch()
         with self._lock:
@@ -256,6 +308,15 @@ class PredictionEngine:
         self.ensure_batch()
         with self._lock:
             return self._alerts_json
+
+    def alerts_page(self, query: pages.Query) -> bytes:
+        """One page of ``GET /alerts`` (filtered by severity, profile, server prefix)."""
+        self.ensure_batch()
+        with self._lock:
+            page = pages.select(self._alerts_list, query, lambda alert: alert, "severity")
+            stamp = self.batch_time
+        return json.dumps({"alerts": page.items, "timestamp": stamp, "total": page.total,
+                           "next_offset": page.next_offset}, separators=(",", ":")).encode()
 
     @property
     def servers_tracked(self) -> int:

@@ -97,6 +97,8 @@ class Prediction(BaseModel):
     thresholds: dict[str, dict[str, float]]
     seen_in_training: bool
     history_steps: int
+    forecast_source: dict[str, str] = Field(
+        description="per metric, the forecast served: model, last_value, seasonal_naive or mean_24h (docs/api.md)")
     forecast: dict[str, Any]
 
 
@@ -104,11 +106,15 @@ class Predictions(BaseModel):
     predictions: list[Prediction]
     timestamp: str | None
     model: ModelInfo
+    total: int | None = Field(None, description="paged answers only: how many servers match the filters")
+    next_offset: int | None = Field(None, description="paged answers only: the next page's offset, null at the end")
 
 
 class Alerts(BaseModel):
     alerts: list[dict[str, Any]]
     timestamp: str | None
+    total: int | None = Field(None, description="paged answers only: how many alerts match the filters")
+    next_offset: int | None = Field(None, description="paged answers only: the next page's offset, null at the end")
 
 
 class WriteLoad(BaseModel):
@@ -119,6 +125,14 @@ class WriteLoad(BaseModel):
     clients_in_flight: int
     rate_limit_entries: int
     refused: dict[str, int]
+
+
+class ForecastGuardStatus(BaseModel):
+    enabled: bool
+    servers_by_source: dict[str, dict[str, int]] | None
+    skill: dict[str, float | None] | None
+    servers_scored: dict[str, int] | None
+    window_hours: int | None
 
 
 class Health(BaseModel):
@@ -136,6 +150,7 @@ class Health(BaseModel):
     demo_fleet: bool
     error: str | None
     writes: WriteLoad
+    forecast_guard: ForecastGuardStatus
 
 
 def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
@@ -143,6 +158,8 @@ def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 NO_MODEL = {503: _answer(Problem, "no model loaded (the service still stores the feed)")}
+PAGED = {400: _answer(Problem, "a paging or filter parameter is out of range or unknown (serving/pages.py)"),
+         **NO_MODEL}
 WRITE_GUARD = {
     401: _answer(Problem, "a token is configured and the request lacks it"),
     403: _answer(Problem, "no token is configured and the peer is not loopback"),
@@ -156,6 +173,12 @@ FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: _answer(Problem, "unsupported Content-Type or Content-Encoding"),
     422: _answer(FeedResult, "no record valid (each is named in `errors`)"),
     **WRITE_GUARD,
+}
+FORECAST_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the forecasts in Prometheus' text exposition format (version 0.0.4)",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    400: _answer(Problem, "unknown metric"),
+    **NO_MODEL,
 }
 SCENARIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _answer(ScenarioSet, "scenario applied"),

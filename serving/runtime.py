@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from models import schema, simulator
 from serving import delivery as alert_delivery
 from serving import demo_fleet as demo
-from serving import exposition, ingest, model_store, security
+from serving import exposition, ingest, model_store, pages, security
 from serving.background import Periodic
+from serving.forecast_guard import ForecastGuard
 from serving.forecasting import PredictionEngine
 from serving.openapi import ScenarioRequest
 from serving.settings import get_settings
@@ -102,7 +103,7 @@ class ServiceRuntime:
             try:
                 forecaster, info = model_store.load_forecaster()
                 self.model_info = info
-                self.engine = PredictionEngine(forecaster, self.store, info, delivery=self.delivery)
+                self.engine = self._engine(forecaster, info)
             except Exception as exc:  # serve the feed anyway; /health says degraded and why
                 self.model_error = _public_reason(exc, "the model could not be loaded")
                 logger.exception("no model loaded")
@@ -112,6 +113,11 @@ class ServiceRuntime:
         self._swap_lock = threading.Lock()
         self._watcher = Periodic(self.reload_model, name="fleetcast-model-watch") if (
             load_model and settings.model_path is None) else None
+
+    def _engine(self, forecaster: Any, info: dict[str, Any]) -> PredictionEngine:
+        settings = self.settings
+        guard = ForecastGuard(self.store.engine, settings.guard_backtest_origins, info) if settings.guard else None
+        return PredictionEngine(forecaster, self.store, info, delivery=self.delivery, guard=guard)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,7 +152,7 @@ class ServiceRuntime:
             forecaster, info = model_store.load_forecaster(tag)
             previous = self.model_info.get("version")
             if self.engine is None:
-                engine = PredictionEngine(forecaster, self.store, info, delivery=self.delivery)
+                engine = self._engine(forecaster, info)
                 engine.start()
                 self.engine = engine
             else:
@@ -219,9 +225,11 @@ class ServiceRuntime:
             return error(exc.status_code, exc.detail)
         return Answer(result.status_code, result.body())
 
-    def predictions(self, include_history: bool = False) -> Answer:
+    def predictions(self, include_history: bool = False, query: pages.Query | None = None) -> Answer:
         if self.engine is None:
             return self._no_model()
+        if query is not None and query.paged:
+            return Answer(200, self.engine.predictions_page(query, include_history))
         return Answer(200, self.engine.predictions_json(include_history))
 
     def prediction(self, server_name: str) -> Answer:
@@ -233,9 +241,11 @@ class ServiceRuntime:
             return error(404, f"no forecast for server {shown!r}: unknown, or under 1 h of usable history")
         return Answer(200, found)
 
-    def alerts(self) -> Answer:
+    def alerts(self, query: pages.Query | None = None) -> Answer:
         if self.engine is None:
             return self._no_model()
+        if query is not None and query.paged:
+            return Answer(200, self.engine.alerts_page(query))
         return Answer(200, self.engine.alerts_json())
 
     def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Answer:
@@ -269,7 +279,16 @@ class ServiceRuntime:
             "alert_delivery": self.delivery.status() if self.delivery is not None else {"firing": None, "targets": []},
             "error": self.model_error or (_refresh_reason(engine.last_error) if engine else None),
             "writes": self.write_load(),
+            "forecast_guard": self.guard_status(),
         }
+
+    def guard_status(self) -> dict[str, Any]:
+        """/health's ``forecast_guard``: servers per forecast source and metric, the fleet's rolling skill."""
+        engine = self.engine
+        status = engine.guard_status if engine is not None else None
+        enabled = engine is not None and engine.guard is not None
+        return {"enabled": enabled, **(status or {"servers_by_source": None, "skill": None, "servers_scored": None,
+                                                   "window_hours": None})}
 
     def write_load(self) -> dict[str, Any]:
         """Saturation of the write path: POSTs in flight now (and the most at once), the caps, the counters

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from serving import ingest, model_store, openapi, process, security
+from serving import ingest, model_store, openapi, pages, process, security
 from serving.runtime import Answer, ServiceRuntime, error
 
 logger = logging.getLogger(__name__)
@@ -154,21 +154,34 @@ class Fleetcast:
         return await self._write(request, lambda body: self.runtime.feed(body, content_type, encoding, limits),
                                  limits.body_bytes)
 
-    @app.get("/predictions", responses={200: {"model": openapi.Predictions}, **openapi.NO_MODEL})
-    def predictions(self, include_history: bool = False) -> Response:
-        return _respond(self.runtime.predictions(include_history))
+    @app.get("/predictions", responses={200: {"model": openapi.Predictions}, **openapi.PAGED})
+    def predictions(self, include_history: bool = False, limit: int | None = None, offset: int | None = None,
+                    risk_level: str | None = None, profile: str | None = None,
+                    server: str | None = None) -> Response:
+        try:
+            query = pages.Query.parse(limit, offset, risk_level, profile, server)
+        except ValueError as exc:
+            return _respond(error(400, str(exc)))
+        return _respond(self.runtime.predictions(include_history, query))
 
     @app.get("/predictions/{server_name}", responses={
         200: {"model": openapi.Prediction, "description": "one server's forecast, with history"},
-        404: {"model": openapi.Problem, "description": "no forecast for that server"}, **openapi.NO_MODEL})
+        404: {"model": openapi.Problem, "description": "no forecast for that server (a name with a line break "
+              "is not routed at all: the router's plain-text 404)",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}, **openapi.NO_MODEL})
     def prediction(self, server_name: str) -> Response:
         return _respond(self.runtime.prediction(server_name))
 
-    @app.get("/alerts", responses={200: {"model": openapi.Alerts}, **openapi.NO_MODEL})
-    def alerts(self) -> Response:
-        return _respond(self.runtime.alerts())
+    @app.get("/alerts", responses={200: {"model": openapi.Alerts}, **openapi.PAGED})
+    def alerts(self, limit: int | None = None, offset: int | None = None, severity: str | None = None,
+               profile: str | None = None, server: str | None = None) -> Response:
+        try:
+            query = pages.Query.parse(limit, offset, severity, profile, server, level_name="severity")
+        except ValueError as exc:
+            return _respond(error(400, str(exc)))
+        return _respond(self.runtime.alerts(query))
 
-    @app.get("/metrics/forecasts")
+    @app.get("/metrics/forecasts", responses=openapi.FORECAST_METRICS_RESPONSES)
     def forecast_metrics(self, server: str | None = None, metric: str | None = None) -> Response:
         answer = self.runtime.forecast_metrics(server, metric)
         if answer.status_code != 200:

@@ -64,6 +64,12 @@ class ServiceSettings(BaseSettings):
                                    "wall seconds per simulated 5-minute step (150x real time)")
     refresh_seconds: float = env("FLEETCAST_REFRESH_SECONDS", 5.0, None,
                                  "at most this often the background thread forecasts servers with new data")
+    guard: bool = env("FLEETCAST_GUARD", True, None,
+                      "`0` always serves the model; by default each server's metric gets the model's forecast or the "
+                      "best naive one, whichever scored better on its last 24 h (docs/api.md, `forecast_source`)")
+    guard_backtest_origins: int = env("FLEETCAST_GUARD_BACKTEST_ORIGINS", 4, None,
+                                      "a new server's model is backtested at this many origins of its own history "
+                                      "(0 to 4; 0: it gets the model until live forecasts are scored)")
     model_poll_seconds: float = env("FLEETCAST_MODEL_POLL_SECONDS", 30.0, None,
                                     "how often the service checks the store's tag for a newly packaged model "
                                     "(0: never)")

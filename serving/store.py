@@ -11,10 +11,11 @@ commits once per request (one fsync per batch, not per record), so the cost stay
 Upsert: a second record for the same (server_name, timestamp) overwrites the first, so a shipper's
 retry never duplicates data.
 
-Reading history (:func:`align_history`): records at irregular times are put on the 5-minute grid
-(mean per bucket); gaps of at most ``max_gap_steps`` are filled by linear interpolation; a longer gap
-ends the usable history: only the contiguous tail after the last long gap is returned, nothing is
-invented across it.
+Reading history (:func:`align_history`): the one alignment policy of :mod:`models.grid`, the same
+training and the MLflow model use: records at irregular times are put on the 5-minute grid (mean per
+bucket); gaps of at most ``max_gap_steps`` are filled by linear interpolation; a longer gap ends the
+usable history: only the contiguous tail after the last long gap is returned, nothing is invented
+across it.
 """
 
 from __future__ import annotations
@@ -25,18 +26,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models import config, schema
+from models import config, grid, schema
 
 logger = logging.getLogger(__name__)
 
-MAX_GAP_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones cut the history
+MAX_GAP_STEPS = grid.MAX_GAP_STEPS  # gaps up to 15 minutes are interpolated; longer ones cut the history
 _MAX_IN = 900  # servers named in one SQL IN (...) list
-_STEP_NS = int(schema.STEP.value)
 
 metadata = sa.MetaData()
 records_table = sa.Table(
@@ -185,6 +184,14 @@ class FeedStore:
         """Model-ready history: last <= ``steps`` aligned, gap-filled steps per server (see module doc)."""
         return align_history(self.raw_window(servers, steps), steps=steps, max_gap_steps=max_gap_steps)
 
+    def server_days(self) -> int:
+        """Distinct (server, UTC day) pairs held: how much feed there is to learn from (the sensor's count)."""
+        day = sa.func.date(records_table.c[schema.TIMESTAMP])
+        query = sa.select(sa.func.count()).select_from(
+            sa.select(records_table.c[schema.SERVER], day).distinct().subquery())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def export_frame(self) -> pd.DataFrame:
         """The whole store as a long-format DataFrame with the contract's columns (for retraining)."""
         with self.engine.connect() as conn:
@@ -231,72 +238,8 @@ def align_history(raw: pd.DataFrame, steps: int = schema.ENCODER_STEPS,
                   max_gap_steps: int = MAX_GAP_STEPS) -> pd.DataFrame:
     """Raw records (any times) -> last <= ``steps`` contiguous 5-minute steps per server.
 
-    Timestamps are floored to the 5-minute grid and metrics averaged per bucket; status and profile
-    are the last ones in the bucket. Each server's window ends at its latest bucket. Interior gaps of
-    <= ``max_gap_steps`` missing steps are linearly interpolated; the history starts right after the
-    last longer gap. Vectorised over servers (a [servers, steps] array per metric).
+    The one alignment policy, :func:`models.grid.align` (buckets averaged, gaps of at most
+    ``max_gap_steps`` interpolated, the history starts after the last longer gap), on each server's
+    last ``steps`` grid steps.
     """
-    columns = list(schema.COLUMNS)
-    if raw.empty:
-        return schema.empty_frame()
-    frame = raw[columns].copy()
-    frame[schema.TIMESTAMP] = pd.to_datetime(frame[schema.TIMESTAMP]).dt.floor(schema.STEP_FREQ)
-    frame = frame.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable")
-    grouped = frame.groupby([schema.SERVER, schema.TIMESTAMP], sort=True)
-    buckets = grouped[list(schema.METRICS)].mean()
-    labels = grouped[[schema.STATUS, schema.PROFILE]].last()
-    buckets = buckets.join(labels).reset_index()
-
-    servers, server_idx = np.unique(buckets[schema.SERVER].to_numpy(dtype=str), return_inverse=True)
-    t_idx = buckets[schema.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) // _STEP_NS
-    last = np.full(len(servers), np.iinfo(np.int64).min)
-    np.maximum.at(last, server_idx, t_idx)
-    back = last[server_idx] - t_idx  # 0 for the newest bucket of each server
-    keep = back < steps
-    pos = steps - 1 - back[keep]
-    rows = server_idx[keep]
-
-    n = len(servers)
-    values = np.full((len(schema.METRICS), n, steps), np.nan)
-    for k, metric in enumerate(schema.METRICS):
-        values[k, rows, pos] = buckets[metric].to_numpy(dtype=float)[keep]
-    present = ~np.isnan(values[0])
-
-    # start of the usable history: after the last run of > max_gap_steps missing steps
-    run = np.zeros(n, dtype=np.int64)
-    start = np.zeros(n, dtype=np.int64)
-    for j in range(steps):
-        run = np.where(present[:, j], 0, run + 1)
-        start = np.where(run > max_gap_steps, j + 1, start)
-    first_present = np.argmax(present, axis=1)
-    start = np.maximum(start, first_present)
-
-    # interpolate short interior gaps (linear along time)
-    cols = np.arange(steps)
-    for k in range(len(schema.METRICS)):
-        v = values[k]
-        for i in np.flatnonzero((~present).any(axis=1)):
-            ok = present[i]
-            if ok.sum() >= 2:
-                v[i, ~ok] = np.interp(cols[~ok], cols[ok], v[i, ok])
-
-    # status: last known per bucket, carried forward into interpolated steps; profile: the newest one
-    status = np.full((n, steps), None, dtype=object)
-    status[rows, pos] = buckets[schema.STATUS].to_numpy()[keep]
-    status = pd.DataFrame(status).ffill(axis=1).bfill(axis=1).to_numpy()
-    profile = np.full((n, steps), None, dtype=object)
-    profile[rows, pos] = buckets[schema.PROFILE].to_numpy()[keep]
-
-    mask = cols[None, :] >= start[:, None]
-    if not mask.any():
-        return schema.empty_frame()
-    server_of = np.broadcast_to(np.arange(n)[:, None], (n, steps))[mask]
-    ts = (last[:, None] - (steps - 1 - cols[None, :])) * np.int64(_STEP_NS)
-    out = pd.DataFrame({
-        schema.TIMESTAMP: ts[mask].astype("datetime64[ns]"),
-        schema.SERVER: servers[server_of],
-        **{m: values[k][mask] for k, m in enumerate(schema.METRICS)},
-        schema.STATUS: status[mask],
-        schema.PROFILE: profile[:, steps - 1][server_of],
-    })
-    return out[columns]
+    return grid.align(raw, max_gap_steps=max_gap_steps, steps=steps, segments="last")

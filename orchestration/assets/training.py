@@ -13,8 +13,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from models import config, evaluation, tft
+from models import config, evaluation, production, tft
 from orchestration.mlflow_resource import MlflowResource
+from orchestration.resources import dataset_path
 
 GROUP = "training"
 
@@ -35,8 +36,19 @@ class TrainConfig(dg.Config):
         default=None, description="TFT hidden size; hidden_continuous_size = half (empty: preset, 32)")
     limit_train_batches: float | None = Field(
         default=None, description=">= 1: batches per epoch; < 1: fraction of an epoch (empty: preset)")
+    init_from_champion: bool = Field(
+        default=False, description="fine-tune: start from the current champion's weights and encoders "
+                                   "(no champion: train from scratch)")
     seed: int = Field(default=42, description="seed for weights and sampling")
     accelerator: str | None = Field(default=None, description="cpu | gpu | auto (empty: preset)")
+
+
+class SplitConfig(dg.Config):
+    """What the run learns from and is scored on (models.production)."""
+
+    source: str = Field(default="simulated", description=(
+        "simulated: fleet_dataset (80/20 split, two unseen servers); feed: production_dataset (first 80 % of "
+        "feed time trains, the last 20 % is scored); mixed: both train, scored on the held-out feed windows"))
 
 
 def _preset(cfg: TrainConfig) -> tft.Preset:
@@ -54,21 +66,45 @@ def _preset(cfg: TrainConfig) -> tft.Preset:
     return tft.resolve_preset(cfg.preset, **overrides)
 
 
+def experiment_split_source(context: dg.AssetExecutionContext) -> str:
+    """The ``source`` the run's experiment_split was configured with (simulated when not in this run)."""
+    ops = (context.run.run_config or {}).get("ops", {})
+    return str(ops.get("experiment_split", {}).get("config", {}).get("source", "simulated"))
+
+
 def _checkpoint_path(run_id: str) -> Path:
     return config.data_dir() / "models" / run_id / "tft.pt"
 
 
+def load_dataset(name: str) -> pd.DataFrame:
+    """The last materialized ``fleet_dataset`` / ``production_dataset`` (its Parquet file, as the IO
+    manager wrote it). Read only when the run's source needs it: a feed-only run never needs the
+    simulated dataset, a simulated run never reads the feed."""
+    path = dataset_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: materialize {name} first")
+    return pd.read_parquet(path)
+
+
 @dg.asset(
     group_name=GROUP,
-    description="The evaluation protocol applied to fleet_dataset, once per run (models.evaluation."
-                "prepare_experiment): 80/20 split by time, two held-out (unseen) servers, the prepared "
-                "frames and the validation windows (origin every 2 h). tft_model, model_evaluation and "
-                "champion_model all use this one split.",
+    deps=[dg.AssetKey("fleet_dataset"), dg.AssetKey("production_dataset")],
+    description="The evaluation protocol, once per run. source=simulated: fleet_dataset, 80/20 split by "
+                "time, two held-out (unseen) servers (models.evaluation.prepare_experiment); source=feed or "
+                "mixed: production_dataset, first 80 % of feed time trains (+ the simulated training part "
+                "for mixed), scored on the held-out production windows (models.production). Windows: origin "
+                "every 2 h. tft_model, model_evaluation and champion_model all use this one split.",
     kinds={"pandas"},
 )
-def experiment_split(context: dg.AssetExecutionContext, fleet_dataset: pd.DataFrame
-                     ) -> dg.Output[evaluation.Experiment]:
-    exp = evaluation.prepare_experiment(fleet_dataset)
+def experiment_split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Output[evaluation.Experiment]:
+    if config.source not in production.SOURCES:
+        raise ValueError(f"unknown source {config.source!r}; choose one of {', '.join(production.SOURCES)}")
+    if config.source == "simulated":
+        exp = evaluation.prepare_experiment(load_dataset("fleet_dataset"))
+    else:
+        exp = production.prepare_production_experiment(
+            load_dataset("production_dataset"),
+            simulated=load_dataset("fleet_dataset") if config.source == "mixed" else None)
     s = exp.summary()
     context.log.info(f"split at {s['cutoff']}: {len(s['seen_servers'])} seen, unseen {s['unseen_servers']}, "
                      f"{s['n_windows']} + {s['n_unseen_windows']} validation windows, dataset {s['fingerprint']}")
@@ -81,6 +117,9 @@ def experiment_split(context: dg.AssetExecutionContext, fleet_dataset: pd.DataFr
         "n_windows": s["n_windows"],
         "n_unseen_windows": s["n_unseen_windows"],
         "dataset_fingerprint": s["fingerprint"],
+        "source": config.source,
+        "scored_on": "held-out production windows (last 20 % of feed time)" if config.source != "simulated"
+        else "simulated validation windows (last 20 %)",
     })
 
 
@@ -96,10 +135,21 @@ def tft_model(
 ) -> dg.Output[dict[str, Any]]:
     preset = _preset(config)
     exp = experiment_split
+    init = None
+    if config.init_from_champion:
+        try:
+            init = tft.Forecaster.from_checkpoint(mlflow.champion_checkpoint())
+        except LookupError:
+            context.log.warning("init_from_champion: there is no champion yet, training from scratch")
+    source = experiment_split_source(context)
     params = {"preset": config.preset, **tft.settings_params(preset), **exp.split.as_params(),
-              "n_records": exp.n_records, "n_train_rows": len(exp.train_frame)}
-    run_id = mlflow.start_run(params, tags={"preset": config.preset, "dagster_run_id": context.run_id},
-                              run_name=f"tft-{config.preset}")
+              "n_records": exp.n_records, "n_train_rows": len(exp.train_frame), "source": source,
+              "init_from_champion": init is not None,
+              "init_run_id": (init.metadata.get("run_id", "") if init is not None else "")}
+    tags = {"preset": config.preset, "dagster_run_id": context.run_id, "source": source,
+            **{f"dagster/{k}": v for k, v in context.run.tags.items() if k.startswith("fleetcast/")}}
+    run_id = mlflow.start_run(params, tags=tags, run_name=f"tft-{config.preset}-{source}"
+                              + ("-finetune" if init is not None else ""))
     context.log.info(f"MLflow run {run_id}; preset {config.preset}: {tft.settings_params(preset)}")
 
     def on_epoch(r: tft.EpochRecord) -> None:
@@ -110,7 +160,8 @@ def tft_model(
                          f"val_loss={fmt(r.val_loss)} ({r.seconds:.0f}s)")
         mlflow.log_epoch(run_id, r)  # live in the MLflow UI while the loop runs
 
-    result = tft.train_tft(exp.train_frame, exp.val_dataset_builder, preset.model, preset.train, on_epoch)
+    result = tft.train_tft(exp.train_frame, exp.val_dataset_builder, preset.model, preset.train, on_epoch,
+                           init=init)
     path = _checkpoint_path(run_id)
     meta = {**params, "run_id": run_id, "n_parameters": result.n_parameters}
     tft.Forecaster(result.model, result.training_servers, meta).save(path)

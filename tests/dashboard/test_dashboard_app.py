@@ -84,6 +84,20 @@ def test_switching_metric_filters_and_server_sends_no_request(
     assert standin.total == after_load_server  # counted by the server: it received nothing
 
 
+def test_riskiest_page_and_search_box(standin: StandinService, app_env: Callable[[str], None],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETCAST_DASHBOARD_MAX_SERVERS", "4")
+    app_env(standin.url)
+    at = _run_app()
+    order = [p["server_name"] for p in httpx.get(f"{standin.url}/predictions").json()["predictions"]]
+    assert at.session_state[HEATMAP_KEY]["servers"] == order[:4]  # the riskiest four, not every row
+    assert any(f"showing the 4 riskiest of {len(order)} servers" in c.value for c in at.caption)
+    target, before = order[-1], standin.counts["GET /predictions"]
+    at.text_input(key="fleetcast_search").set_value(target).run()  # a search fetches once, by prefix
+    assert not at.exception and standin.counts["GET /predictions"] == before + 1
+    assert at.session_state[HEATMAP_KEY]["servers"] == [s for s in order if s.startswith(target)][:4]
+
+
 def test_refresh_now_and_the_refresh_timer_fetch_exactly_once_each(
     standin: StandinService, app_env: Callable[[str], None]
 ) -> None:

@@ -23,6 +23,20 @@ def test_one_snapshot_is_exactly_four_gets(standin: StandinService, sent: Reques
     assert snap.demo_fleet
 
 
+def test_snapshot_is_the_riskiest_page_and_search_asks_by_prefix(standin: StandinService,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    everything = FleetcastClient(standin.url).fetch_snapshot()
+    monkeypatch.setenv("FLEETCAST_DASHBOARD_MAX_SERVERS", "5")
+    client = FleetcastClient(standin.url)
+    page = client.fetch_snapshot()
+    assert page.fleet.servers == everything.fleet.servers[:5]  # the riskiest five, in the service's order
+    assert page.servers_matching == 12 and page.fleet.has_history
+    name = everything.fleet.servers[-1]
+    found = client.fetch_snapshot(search=name)
+    assert found.search == name and name in found.fleet.servers
+    assert all(s.startswith(name) for s in found.fleet.servers) and found.servers_matching == len(found.fleet)
+
+
 def test_closed_port_is_unreachable_not_an_exception() -> None:
     snap = FleetcastClient(f"http://127.0.0.1:{free_port()}", timeout=2).fetch_snapshot()
     assert snap.unreachable

@@ -1,4 +1,5 @@
-"""Alert rules: time to breach, probability, severity, already-above, dedup and clearing."""
+"""Alert rules: time to breach, probability, severity, already-above, trend, explanation, persistence and
+resolution (in data time), dedup and clearing."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def test_evaluate_forecast_and_risk_level() -> None:
 
 
 def test_alert_book_dedups_keeps_first_seen_and_clears() -> None:
-    book = alerts.AlertBook()
+    book = alerts.AlertBook(open_minutes=0, close_minutes=0)  # no persistence: every evaluation counts
     a = {"alert_type": "cpu_spike_predicted", "severity": "high", "hours_to_breach": 3.0, "server_name": "s1"}
     book.update("s1", [a], pd.Timestamp("2025-10-12T10:00:00"))
     book.update("s1", [dict(a, severity="critical", hours_to_breach=1.0)], pd.Timestamp("2025-10-12T10:05:00"))
@@ -147,3 +148,145 @@ def test_alert_book_dedups_keeps_first_seen_and_clears() -> None:
     assert [x["server_name"] for x in book.all()] == ["s2"]
     book.update("s1", [a], pd.Timestamp("2025-10-12T10:15:00"))
     assert book.for_server("s1")[0]["first_seen"] == "2025-10-12T10:15:00"  # a new episode
+
+
+# --- trend, persistence and resolution (issue 10) -------------------------------------------------------
+STEP = pd.Timedelta(minutes=5)
+
+
+def times_after(origin: pd.Timestamp) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(origin + pd.to_timedelta(np.arange(1, 97) * 5, unit="min"))
+
+
+def test_a_pure_ramp_crossing_in_3_hours_gives_time_to_breach_3_hours() -> None:
+    """Memory rising 1.5 %/h, now at 80.5 %: 85 % in 3 h (95 % only after the 8 h horizon). The forecast pulls
+    back to a flat 80.5 % (what the TFT did in the live demo); the trend component carries the ramp forward."""
+    history = 80.5 + 1.5 * np.arange(-287, 1) / 12  # ... 80.375, 80.5
+    flat = band(np.full(96, 80.5), 3.0)
+    found = alerts.evaluate_forecast("db-01", "database", {"memory_percent": flat}, TIMES, ORIGIN,
+                                     {"memory_percent": 80.5}, CFG, {"memory_percent": history})
+    assert len(found) == 1
+    a = found[0]
+    assert a["level"] == "warning" and a["threshold"] == 85.0
+    assert a["hours_to_breach"] == pytest.approx(3.0, abs=0.25)
+    assert a["message"] == "Memory expected to reach 85% in 3 hours"
+    assert "trend +1.50%/h" in a["explanation"] and "Theil-Sen" in a["explanation"]
+    # the same ramp carried by the forecast itself (no trend metric): CPU 70 % -> 85 % in 3 h
+    ramp_q = band(80.5 + 1.5 * np.arange(1, 97) / 12, 2.0)
+    cpu = alerts.evaluate_forecast("web-01", "web_api", {"cpu_percent": ramp_q}, TIMES, ORIGIN,
+                                   {"cpu_percent": 80.5}, CFG, {"cpu_percent": np.full(288, 80.5)})
+    assert [x["level"] for x in cpu] == ["warning"]
+    assert cpu[0]["hours_to_breach"] == pytest.approx(3.0, abs=0.25)
+    assert cpu[0]["explanation"].startswith("forecast P50 85.0%")
+
+
+def test_without_the_trend_the_flat_forecast_misses_the_ramp() -> None:
+    history = 80.5 + 1.5 * np.arange(-287, 1) / 12
+    no_trend = alerts.parse_config({"rules": [{"alert_type": "memory_exhaustion_predicted",
+                                               "metric": "memory_percent", "warning": 85, "critical": 95}]})
+    found = alerts.evaluate_forecast("db-01", "database", {"memory_percent": band(np.full(96, 80.5), 2.0)}, TIMES,
+                                     ORIGIN, {"memory_percent": 80.5}, no_trend, {"memory_percent": history})
+    assert found == []
+
+
+def test_a_noisy_flat_series_at_80_percent_opens_no_alert_over_a_day_of_refreshes() -> None:
+    """A day of 5-minute refreshes of a server whose memory, CPU and disk sit at 80 % with noise (sd 2,
+    so single samples reach 85 %), each forecast a band around it shifted by noise (sd 1): no alert opens."""
+    rng = np.random.default_rng(3)
+    n = 288 * 2
+    values = {m: 80.0 + rng.normal(0.0, 2.0, n) for m in ("cpu_percent", "memory_percent", "disk_percent")}
+    assert max(v.max() for v in values.values()) >= 85.0  # the noise does reach the threshold
+    book = alerts.AlertBook()
+    start = pd.Timestamp("2025-10-12T00:00:00")
+    for i in range(288, n):
+        origin = start + i * STEP
+        quantiles = {m: band(np.full(96, 80.0 + rng.normal(0.0, 1.0)), 3.0) for m in values}
+        recent = {m: v[i - 287:i + 1] for m, v in values.items()}
+        found = alerts.evaluate_forecast("web-01", "web_api", quantiles, times_after(origin), origin,
+                                         {m: float(v[-1]) for m, v in recent.items()}, CFG, recent)
+        book.update("web-01", found, origin)
+        assert len(book) == 0, (origin, found)
+
+
+def alert(hours: float = 3.0, **kw: object) -> dict:
+    return {"alert_type": "disk_full_predicted", "severity": "medium", "hours_to_breach": hours,
+            "server_name": "s1", **kw}
+
+
+def test_persistence_one_noisy_forecast_neither_opens_nor_closes_an_alert() -> None:
+    """open_minutes 30, close_minutes 60 (models/alerts.yaml): in data time, whatever the refresh rate."""
+    book = alerts.AlertBook(open_minutes=30, close_minutes=60)
+    t0 = pd.Timestamp("2025-10-12T10:00:00")
+    at = [t0 + k * pd.Timedelta(minutes=30) for k in range(12)]
+    assert book.update("s1", [alert()], at[0]) == [] and len(book) == 0  # one forecast: pending
+    book.update("s1", [], at[1])  # the run breaks: not opened
+    book.update("s1", [alert()], at[2])
+    assert len(book) == 0
+    assert book.update("s1", [alert(hours=2.5)], at[3]) == ["disk_full_predicted"]  # held 30 min: opens
+    assert book.for_server("s1")[0]["first_seen"] == "2025-10-12T11:30:00"
+    book.update("s1", [], at[4])  # one clear evaluation: still open
+    assert book.is_active("s1", "disk_full_predicted")
+    book.update("s1", [alert(hours=1.5)], at[5])  # raised again: the episode goes on, first_seen kept
+    book.update("s1", [], at[6])
+    assert book.for_server("s1")[0]["first_seen"] == "2025-10-12T11:30:00"
+    assert book.for_server("s1")[0]["timestamp"] == "2025-10-12T12:30:00"
+    book.update("s1", [], at[7])  # clear for 60 min since last raised: resolved
+    assert len(book) == 0
+    # at a 5-minute refresh rate the same 30 minutes take 7 evaluations
+    for k in range(6):
+        book.update("s1", [alert()], at[8] + k * STEP)
+    assert len(book) == 0
+    book.update("s1", [alert()], at[8] + 6 * STEP)
+    assert len(book) == 1
+
+
+def test_already_above_opens_at_once_when_its_history_confirms_it() -> None:
+    book = alerts.AlertBook(open_minutes=30, close_minutes=60)
+    q = band(np.full(96, 96.0), 1.0)
+    hot = np.r_[np.full(285, 90.0), 96.0, 96.5, 97.0]
+    found = alerts.evaluate_forecast("db-01", "database", {"memory_percent": q}, TIMES, ORIGIN,
+                                     {"memory_percent": 97.0}, CFG, {"memory_percent": hot})
+    assert found[0]["already_above"] and "already above 95%" in found[0]["message"]
+    assert book.update("db-01", found, ORIGIN) == ["memory_exhaustion_predicted"]
+    # one sample above is not "already above": it is the forecast's call (and pending)
+    blip = np.r_[np.full(287, 80.0), 97.0]
+    flat = band(np.full(96, 80.0), 2.0)
+    assert alerts.evaluate_forecast("db-02", "database", {"memory_percent": flat}, TIMES, ORIGIN,
+                                    {"memory_percent": 97.0}, CFG, {"memory_percent": blip}) == []
+
+
+def test_resolution_when_forecast_and_value_fall_back() -> None:
+    """Memory leaks to 97 %, then is restarted to 40 %: the alert resolves once the forecast and the value
+    have been clear for close_minutes; a backfill of a day of calm data resolves it with one evaluation."""
+    book = alerts.AlertBook(open_minutes=30, close_minutes=60)
+    hot = np.r_[np.full(280, 90.0), np.full(8, 97.0)]
+    raised = alerts.evaluate_forecast("db-01", "database", {"memory_percent": band(np.full(96, 96.0), 1.0)},
+                                      TIMES, ORIGIN, {"memory_percent": 97.0}, CFG, {"memory_percent": hot})
+    book.update("db-01", raised, ORIGIN)
+    assert len(book) == 1
+    calm = np.r_[hot[24:], np.full(24, 40.0)]  # two hours later: value back at 40 %, flat forecast
+    later = ORIGIN + pd.Timedelta(hours=2)
+    clear = alerts.evaluate_forecast("db-01", "database", {"memory_percent": band(np.full(96, 40.0), 2.0)},
+                                     times_after(later), later, {"memory_percent": 40.0}, CFG,
+                                     {"memory_percent": calm})
+    assert clear == []
+    book.update("db-01", clear, ORIGIN + pd.Timedelta(minutes=55))  # not raised for 55 min: still open
+    assert len(book) == 1
+    book.update("db-01", clear, ORIGIN + pd.Timedelta(minutes=60))  # 60 min: resolved
+    assert len(book) == 0
+    book2 = alerts.AlertBook(open_minutes=30, close_minutes=60)  # a backfill of calm data: one evaluation resolves
+    book2.update("db-01", raised, ORIGIN)
+    book2.update("db-01", clear, later)
+    assert len(book2) == 0
+
+
+def test_calibrated_cuts_come_from_the_calibration_file(tmp_path) -> None:
+    (tmp_path / "cal.yaml").write_text("cuts:\n  cpu_percent: {warning: 0.6, critical: 0.4}\n")
+    cfg = alerts.parse_config({"rules": [{"alert_type": "c", "metric": "cpu_percent", "warning": 85, "critical": 95}],
+                               "calibration_file": "cal.yaml", "cuts": {"cpu_percent": {"critical": 0.3}}},
+                              tmp_path)
+    assert cfg.cut("cpu_percent", "warning") == 0.6 and cfg.cut("cpu_percent", "critical") == 0.3  # YAML wins
+    assert cfg.cut("memory_percent", "warning") == cfg.min_probability
+    with pytest.raises(ValueError, match="cut in"):
+        alerts.parse_config({"rules": [{"alert_type": "c", "metric": "cpu_percent", "warning": 85, "critical": 95}],
+                             "cuts": {"cpu_percent": {"warning": 2}}})
