@@ -203,7 +203,7 @@ def test_openapi_document_holds(live: Served) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
         "GET /predictions", "GET /predictions/{server_name}", "GET /alerts", "GET /health", "GET /scenario",
-        "GET /metrics/forecasts", "POST /feed/data", "POST /scenario/set"}
+        "GET /metrics/forecasts", "POST /feed/data", "POST /scenario/set", "POST /api/v1/write", "POST /v1/metrics"}
     body = schema.raw_schema["paths"]["/feed/data"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/x-ndjson"} <= set(body)  # the request bodies are described
     sources = iter(f"127.{10 + n // 62500}.{n // 250 % 250}.{2 + n % 250}" for n in range(10**6))
