@@ -326,3 +326,26 @@ def test_a_cpu_only_server_gets_a_cpu_forecast_and_nothing_for_the_rest(client: 
     assert any(a["server_name"] == "full-1" and a["metric"] == "memory_percent" for a in alerts), alerts
     assert not [a for a in alerts if a["server_name"] == "cpu-only" and a["metric"] != "cpu_percent"], alerts
     assert b"cpu-only" in client.get("/metrics/forecasts").content
+
+
+def test_a_store_made_before_partial_records_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the table as earlier versions made it: metrics NOT NULL
+        conn.execute("CREATE TABLE records (server_name VARCHAR(128) NOT NULL, timestamp DATETIME NOT NULL, "
+                     "cpu_percent FLOAT NOT NULL, memory_percent FLOAT NOT NULL, disk_percent FLOAT NOT NULL, "
+                     "load_average FLOAT NOT NULL, status VARCHAR(16) NOT NULL, profile VARCHAR(32) NOT NULL, "
+                     "received_at DATETIME NOT NULL, PRIMARY KEY (server_name, timestamp))")
+        conn.execute("CREATE INDEX ix_records_received_at ON records (received_at)")
+        conn.execute("INSERT INTO records VALUES ('old-1', ?, 1, 2, 3, 0.5, 'healthy', 'generic', ?)",
+                     (NOW.to_pydatetime().isoformat(sep=" ", timespec="microseconds"),) * 2)  # as SQLAlchemy writes it
+    store = FeedStore(f"sqlite:///{path}")
+    try:
+        ingest_items(store, [{"timestamp": schema.iso(NOW), "server_name": "old-1", "cpu_percent": 9.0},
+                             {"timestamp": schema.iso(NOW), "server_name": "new-1", "load_average": 1.0}])
+        (old,), (new,) = stored(store, "old-1"), stored(store, "new-1")
+        assert [old[m] for m in schema.METRICS] == [9.0, 2.0, 3.0, 0.5]
+        assert [new[m] for m in schema.METRICS] == [None, None, None, 1.0]
+    finally:
+        store.dispose()
