@@ -1,7 +1,8 @@
 """POST /feed/data: body parsing, per-record validation and the write into the feed store.
 
 One path for every record that enters fleetcast: the HTTP feed and the built-in demo fleet both call
-:func:`ingest_items`, so both get the same validation (``models.schema.Record``) and the same store.
+:func:`ingest_items`, so both get the same validation (``models.schema.PartialRecord``) and the same
+store; the agents' formats (``serving/agents.py``) go through :func:`validate_items` too.
 
 Accepted bodies
 - ``{"records": [record, ...]}`` (the contract), a bare JSON array of records, or one JSON object
@@ -19,21 +20,22 @@ What is refused where
 - The whole request (4xx with ``detail``): what makes the body unreadable (not JSON, not UTF-8, nested
   deeper than Python's parser goes, bad gzip), a wrong shape (``records`` not an array, a JSON scalar), an
   empty body or empty ``records``, too large or too many records. Messages never quote a header's value.
-- One record (``errors`` entry naming its index, the others stored): every problem with a value
-  (:class:`models.schema.Record`: ranges, patterns, timestamps that do not convert), and a timestamp
+- One value (``errors`` entry naming its index and the field, with ``kept``: the record's other metrics,
+  stored): a metric out of range or not a number.
+- One record (``errors`` entry naming its index, the others stored): every other problem with a value
+  (:class:`models.schema.PartialRecord`: patterns, no metric at all, timestamps that do not convert), and a timestamp
   outside the accepted window (older than ``FLEETCAST_MAX_RECORD_AGE_DAYS``, further ahead than
   ``FLEETCAST_MAX_FUTURE_MINUTES``, both by the server clock).
-- Two records for the same (server_name, timestamp) in one request are stored once (the later one
-  wins, as a later request would) and counted once; a warning names the merged index.
+- Two records for the same (server_name, timestamp) in one request are merged (the metrics the later
+  one carries replace the earlier's, as a later request would) and counted once; a warning names the
+  merged index.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import io
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -77,20 +79,13 @@ class Limits(NamedTuple):
 
     @classmethod
     def now(cls) -> Limits:
-        """As the environment says now; built once per distinct value of the four variables (building
-        the whole settings class takes milliseconds, too much for every remote-write request)."""
-        return _limits_for(tuple(os.environ.get(name) for name in _LIMIT_VARIABLES))
+        return cls.of(get_settings())
 
-
-_LIMIT_VARIABLES = ("FLEETCAST_MAX_BODY_BYTES", "FLEETCAST_MAX_RECORDS", "FLEETCAST_MAX_RECORD_AGE_DAYS",
-                    "FLEETCAST_MAX_FUTURE_MINUTES")
-
-
-@functools.lru_cache(maxsize=16)
-def _limits_for(_values: tuple[str | None, ...]) -> Limits:
-    s = get_settings()
-    return Limits(s.max_body_bytes, s.max_records, timedelta(days=s.max_record_age_days),
-                  timedelta(minutes=s.max_future_minutes))
+    @classmethod
+    def of(cls, s: Any) -> Limits:
+        """The limits of a :class:`serving.settings.ServiceSettings`."""
+        return cls(s.max_body_bytes, s.max_records, timedelta(days=s.max_record_age_days),
+                   timedelta(minutes=s.max_future_minutes))
 
 
 class IngestError(Exception):

@@ -107,6 +107,7 @@ class ServiceRuntime:
         self.remote_write_config = agents.RemoteWriteConfig(settings.remote_write_server_label,
                                                             settings.remote_write_profile_label,
                                                             settings.remote_write_root_mount)
+        self.agent_limits = ingest.Limits.of(settings)  # caps of /api/v1/write and /v1/metrics, read at start
         self.combiners = {fmt: agents.Combiner() for fmt in ("remote_write", "otlp", "collectd")}
         self.agent_counts: dict[str, Counter[str]] = {fmt: Counter() for fmt in self.combiners}
         self._agent_lock = threading.Lock()

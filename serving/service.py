@@ -159,7 +159,9 @@ class Fleetcast:
     @app.post("/api/v1/write", summary="Prometheus remote write (protocol 1.0)",
               openapi_extra=openapi.remote_write_request_body(), responses=openapi.REMOTE_WRITE_RESPONSES)
     async def remote_write(self, request: Request) -> Response:
-        limits = ingest.Limits.now()
+        # the agent routes use the caps as read at start: building the settings per request costs
+        # milliseconds, too much at remote write's request rate (/feed/data reads them per request)
+        limits = self.runtime.agent_limits
         encoding = request.headers.get("content-encoding")
         return await self._write(request, lambda body: self.runtime.remote_write(body, encoding, limits),
                                  limits.body_bytes)
@@ -167,7 +169,7 @@ class Fleetcast:
     @app.post("/v1/metrics", summary="OTLP/HTTP metrics (protobuf or JSON)",
               openapi_extra=openapi.otlp_request_body(), responses=openapi.OTLP_RESPONSES)
     async def otlp_metrics(self, request: Request) -> Response:
-        limits = ingest.Limits.now()
+        limits = self.runtime.agent_limits
         content_type, encoding = request.headers.get("content-type"), request.headers.get("content-encoding")
         return await self._write(request, lambda body: self.runtime.otlp(body, content_type, encoding, limits),
                                  limits.body_bytes)

@@ -245,7 +245,7 @@ def test_a_duplicate_in_one_batch_counts_once_and_the_later_one_wins(client: Any
     body = r.json()
     assert body["records_processed"] == 3 and body["status"] == "success"
     assert body["warnings"] == [{"index": 3, "warning": "same server_name and timestamp as record 0: merged, "
-                                                        "this later one kept"}]
+                                                        "the values this later one carries kept"}]
     assert client.get("/health").json()["records_stored"] == 3
 
 
