@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +35,9 @@ from pathlib import Path
 
 import cramjam
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
-from fleetcast_testkit import free_port  # noqa: E402
-
-from models import config  # noqa: E402
+from fleetcast_testkit.serve import served  # noqa: E402
 
 CPUS, MODES = 4, ("user", "system", "idle", "iowait", "nice", "irq", "softirq", "steal")
 START = time.time() - 2 * 86400  # two days ago, one sample time per second from there
@@ -49,37 +45,15 @@ START = time.time() - 2 * 86400  # two days ago, one sample time per second from
 
 @contextlib.contextmanager
 def serving() -> Iterator[str]:
+    """The checkout's ``bentoml serve`` (ingest only: no model) on a free loopback port; its URL."""
     with tempfile.TemporaryDirectory(prefix="fleetcast-bench-ingest-") as tmp:
         tmp_path = Path(tmp)
         env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
                    FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH="",
                    FLEETCAST_MODEL_POLL_SECONDS="0", FLEETCAST_RATE_LIMIT_PER_SECOND="0",
                    FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="3600")
-        port = free_port()
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"bentoml serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            for p in family:
-                if p.is_running():
-                    p.kill()
-            log.close()
+        with served(tmp_path / "serve.log", env) as server:
+            yield server.url
 
 
 Body = tuple[bytes, dict[str, str], int]  # body, headers, samples in it
