@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from models import schema
+from models.simulator.live import baseline_scenario
 from models.simulator.server import SCENARIOS
 from serving import agents, exposition, ingest, model_store, pages, security
 from serving import delivery as alert_delivery
@@ -428,8 +429,7 @@ class ServiceRuntime:
                 "refused": refused}
 
     def scenario(self) -> dict[str, Any]:
-        current = self.demo.scenario if self.demo is not None else {
-            "scenario": "baseline", "servers": [], "duration_hours": None, "started_at": None, "expires_at": None}
+        current = self.demo.scenario if self.demo is not None else baseline_scenario()
         return {**current, "demo_fleet": self.demo is not None, "available": list(SCENARIOS)}
 
     def set_scenario(self, payload: Any) -> Answer:

@@ -35,6 +35,12 @@ _SCENARIO_TAU_HOURS = {
 }
 
 
+def baseline_scenario() -> dict[str, Any]:
+    """The scenario state with none active: what :attr:`LiveFleet.scenario` shows by default, and what the
+    service shows when it runs no demo fleet."""
+    return {"scenario": "baseline", "servers": [], "duration_hours": None, "started_at": None, "expires_at": None}
+
+
 class LiveFleet:
     """The simulator step by step, for the service's live demo fleet.
 
@@ -78,21 +84,11 @@ class LiveFleet:
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffer_ts = np.zeros(0, dtype=np.int64)
         self._pos = 0
-        self._scenario: dict[str, Any] = self._baseline()
+        self._scenario: dict[str, Any] = baseline_scenario()
         self._names_arr = np.array(self._names, dtype=object)
         self._profiles_arr = np.array([profile for _, profile in self.servers], dtype=object)
         self._cores = np.array([sim.p.cores for sim in self._sims], dtype=float)
         self._order = np.argsort(self._names_arr.astype(str), kind="stable")
-
-    @staticmethod
-    def _baseline() -> dict[str, Any]:
-        return {
-            "scenario": "baseline",
-            "servers": [],
-            "duration_hours": None,
-            "started_at": None,
-            "expires_at": None,
-        }
 
     @property
     def now(self) -> pd.Timestamp:
@@ -112,7 +108,7 @@ class LiveFleet:
     def _expire(self) -> None:
         sc = self._scenario
         if sc["expires_at"] is not None and self._now >= pd.Timestamp(sc["expires_at"]).value:
-            self._scenario = self._baseline()
+            self._scenario = baseline_scenario()
 
     def next_step(self) -> pd.DataFrame:
         """Advance 5 minutes: one record per server, with the active scenario applied."""
@@ -162,7 +158,7 @@ class LiveFleet:
         if duration_hours is not None and not duration_hours > 0:
             raise ValueError("duration_hours must be positive")
         if scenario == "baseline":
-            self._scenario = self._baseline()
+            self._scenario = baseline_scenario()
             return
         started = pd.Timestamp(self._now)
         expires = started + pd.Timedelta(hours=duration_hours) if duration_hours is not None else None
