@@ -26,6 +26,8 @@ forecast when it rises significantly (slope >= 5 standard errors): the Theil-Sen
   value is above: +1) and urgency (breach within ``soon_hours``: +1): 4 critical, 3 high, 2 medium, 1 low;
 - ``explanation`` says what drove it (a mapping with ``source`` ``trend``/``forecast``/``value`` and a
   one-line ``text``): the trend and its rate, the forecast's P50 and band, or how long the value is above.
+  The service adds ``drivers`` when the alert opens on the model's forecast: the TFT's variable-selection
+  weights of that forecast (:mod:`models.drivers`, :meth:`AlertBook.annotate`), kept while it stays open.
 
 :class:`AlertBook` keeps the active alerts, one per (server, alert_type), **in data time** (the forecast's
 origin, never the wall clock, so a backtest replays exactly what the service does). Persistence: an
@@ -501,9 +503,22 @@ class AlertBook:
                 opened.append(key[1])
             alert["first_seen"] = previous["first_seen"] if previous else stamp
             alert["timestamp"] = stamp
+            drivers = (previous.get("explanation") or {}).get("drivers") if previous else None
+            if drivers and isinstance(alert.get("explanation"), dict) and "drivers" not in alert["explanation"]:
+                alert["explanation"] = {**alert["explanation"], "drivers": drivers}  # kept from its opening
             self._active[key] = alert
             self._last_raised[key] = t
         return opened
+
+    def annotate(self, server_name: str, alert_type: str, drivers: Mapping[str, Any]) -> bool:
+        """Add ``drivers`` (the TFT's variable weights for the forecast that opened it,
+        :func:`models.drivers.explain`) to the active alert's explanation; later evaluations keep them.
+        False when no such alert is active or it has no explanation mapping."""
+        alert = self._active.get((server_name, alert_type))
+        if alert is None or not isinstance(alert.get("explanation"), dict):
+            return False
+        alert["explanation"] = {**alert["explanation"], "drivers": dict(drivers)}
+        return True
 
     def clear(self, server_name: str) -> None:
         """Forget ``server_name``'s alerts at once (its data no longer allows a forecast)."""
