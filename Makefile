@@ -74,12 +74,13 @@ bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live
 
 # the alert backtest (issue 10): fleetcast vs predict_linear and a static threshold, held-out fleet + NAB
+# CHECKPOINT=path/to/tft.pt: that model (default: the demo preset, trained once and cached)
 bench-alerts: install
-	$(BIN)/python tests/benchmarks/bench_alerts.py
+	$(BIN)/python tests/benchmarks/bench_alerts.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 # choose the alert probability cuts on the calibration fleet (never the test fleet): models/alert_calibration.yaml
 calibrate-alerts: install
-	$(BIN)/python tests/benchmarks/bench_alerts.py --calibrate
+	$(BIN)/python tests/benchmarks/bench_alerts.py --calibrate $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 # mixed writes and reads, one kill -9 of the server's group and a restart; MINUTES=10 for the full soak
 MINUTES ?= 2

@@ -26,6 +26,8 @@ forecast when it rises significantly (slope >= 5 standard errors): the Theil-Sen
   value is above: +1) and urgency (breach within ``soon_hours``: +1): 4 critical, 3 high, 2 medium, 1 low;
 - ``explanation`` says what drove it (a mapping with ``source`` ``trend``/``forecast``/``value`` and a
   one-line ``text``): the trend and its rate, the forecast's P50 and band, or how long the value is above.
+  The service adds ``drivers`` when the alert opens on the model's forecast: the TFT's variable-selection
+  weights of that forecast (:mod:`models.drivers`, :meth:`AlertBook.annotate`), kept while it stays open.
 
 :class:`AlertBook` keeps the active alerts, one per (server, alert_type), **in data time** (the forecast's
 origin, never the wall clock, so a backtest replays exactly what the service does). Persistence: an
@@ -56,6 +58,7 @@ RISK_LEVELS = SEVERITIES
 _SCORE_TO_SEVERITY = {1: "low", 2: "medium", 3: "high", 4: "critical"}
 _EPS = 1e-6
 TREND_MIN_T = 5.0  # a trend joins the forecast only when its slope is this many standard errors above 0
+_NOWHERE = -1e9  # a trend band value no threshold is below
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class AlertConfig:
     cuts: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # metric -> level -> cut
     trend_metrics: tuple[str, ...] = ()
     trend_hours: float = 3.0
+    trend_max_hours: float | None = None  # the trend is carried this far at most (None: the whole horizon)
+    trend_recent: float = 0.0  # the last third's slope must be at least this fraction of the trend's
     open_minutes: float = 0.0
     close_minutes: float = 0.0
     above_steps: int = 1
@@ -93,6 +98,17 @@ class AlertConfig:
     @property
     def trend_steps(self) -> int:
         return int(round(self.trend_hours * schema.STEPS_PER_HOUR))
+
+    def trend_args(self, metric: str) -> dict[str, Any]:
+        """The trend keyword arguments of :func:`evaluate_metric` / :func:`metric_scores` for ``metric``."""
+        if metric not in self.trend_metrics:
+            return {"trend_steps": 0}
+        max_steps = None if self.trend_max_hours is None else int(round(self.trend_max_hours * schema.STEPS_PER_HOUR))
+        return {"trend_steps": self.trend_steps, "trend_max_steps": max_steps, "trend_recent": self.trend_recent}
+
+    def with_trend(self, **changes: Any) -> AlertConfig:
+        """This config with other trend settings (``trend_hours``, ``trend_max_hours``, ``trend_recent``)."""
+        return replace(self, **changes)
 
     def with_cuts(self, cuts: Mapping[str, Mapping[str, float]]) -> AlertConfig:
         """This config with other probability cuts (the calibration tries several)."""
@@ -151,6 +167,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Alert
     trend_hours = float(trend.get("hours", 3.0))
     if not 0.5 <= trend_hours <= 24.0:
         raise ValueError("alerts config: trend.hours must be between 0.5 and 24")
+    trend_max_hours = None if trend.get("max_hours") is None else float(trend["max_hours"])
+    if trend_max_hours is not None and not 0.0 < trend_max_hours <= 24.0:
+        raise ValueError("alerts config: trend.max_hours must be in (0, 24]")
+    trend_recent = float(trend.get("recent_fraction", 0.0))
+    if not 0.0 <= trend_recent <= 1.0:
+        raise ValueError("alerts config: trend.recent_fraction must be between 0 and 1")
     persistence = data.get("persistence") or {}
     open_minutes = float(persistence.get("open_minutes", 0.0))
     close_minutes = float(persistence.get("close_minutes", 0.0))
@@ -169,7 +191,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Alert
             from_file = _parse_cuts(calibrated.get("cuts") or {}, f"calibration file {path}")
             cuts = {m: {**from_file.get(m, {}), **cuts.get(m, {})} for m in {*from_file, *cuts}}  # YAML wins
     return AlertConfig(tuple(rules), profiles, soon, min_probability, cuts, trend_metrics, trend_hours,
-                       open_minutes, close_minutes, above_steps)
+                       trend_max_hours, trend_recent, open_minutes, close_minutes, above_steps)
 
 
 @lru_cache(maxsize=4)
@@ -306,14 +328,15 @@ def breach_chance(quantiles: np.ndarray, threshold: float, trend_q: np.ndarray |
 
 def metric_scores(
     rule: Rule, thresholds: Mapping[str, float], quantiles: np.ndarray, current: float | None,
-    history: np.ndarray | None = None, trend_steps: int = 0, above_steps: int = 1,
+    history: np.ndarray | None = None, trend_steps: int = 0, above_steps: int = 1, *,
+    trend_max_steps: int | None = None, trend_recent: float = 0.0,
 ) -> dict[str, tuple[bool, float]]:
     """Per level: (already above and held, score). The rule of :func:`evaluate_metric` raises a level when
     it is already above, or when its score (the largest chance over the steps the P90 of the forecast or
     the trend reaches) is at least the level's cut. The calibration sweeps cuts over these scores."""
     q = np.asarray(quantiles, dtype=float)
     recent = None if history is None else np.asarray(history, dtype=float)
-    trend_q = _trend_band(recent, trend_steps, len(q))[1]
+    trend_q = _trend_band(recent, trend_steps, len(q), trend_max_steps, trend_recent)[1]
     out = {}
     for level in ("critical", "warning"):
         threshold = float(thresholds[level])
@@ -327,11 +350,24 @@ def metric_scores(
     return out
 
 
-def _trend_band(recent: np.ndarray | None, trend_steps: int, horizon: int) -> tuple[Trend | None, np.ndarray | None]:
+def _trend_band(recent: np.ndarray | None, trend_steps: int, horizon: int, max_steps: int | None = None,
+                recent_fraction: float = 0.0) -> tuple[Trend | None, np.ndarray | None]:
+    """The trend and its band over the horizon when it rises significantly (None, None otherwise).
+
+    ``recent_fraction`` > 0: the rise must go on now, the Theil-Sen slope of the window's last third at
+    least that fraction of the whole window's (a level that stepped up and stays there is no trend).
+    ``max_steps``: the band is carried that far only (beyond it the trend says nothing)."""
     trend = robust_trend(recent, trend_steps) if (recent is not None and trend_steps > 0) else None
     if trend is None or not trend.rising:
         return None, None  # only a significant rise is carried forward
-    return trend, trend_quantiles(trend, horizon)
+    if recent_fraction > 0:
+        last = robust_trend(recent, max(6, trend_steps // 3))
+        if last is None or last.slope < recent_fraction * trend.slope:
+            return None, None
+    band = trend_quantiles(trend, horizon)
+    if max_steps is not None and max_steps < horizon:
+        band[max_steps:] = _NOWHERE  # no chance beyond the trend's reach
+    return trend, band
 
 
 def _explanation(label: str, metric: str, threshold: float, q: np.ndarray, step: int, minutes: float,
@@ -359,7 +395,7 @@ def evaluate_metric(
     rule: Rule, thresholds: Mapping[str, float], quantiles: np.ndarray, timestamps: pd.DatetimeIndex,
     origin: pd.Timestamp, current: float | None, soon_hours: float = 2.0, min_probability: float = 0.2, *,
     cuts: Mapping[str, float] | None = None, history: np.ndarray | None = None, trend_steps: int = 0,
-    above_steps: int = 1,
+    above_steps: int = 1, trend_max_steps: int | None = None, trend_recent: float = 0.0,
 ) -> dict[str, Any] | None:
     """The alert of one rule for one server's forecast, or None when no threshold is reached.
 
@@ -369,7 +405,7 @@ def evaluate_metric(
     q = np.asarray(quantiles, dtype=float)
     label = schema.METRIC_LABELS.get(rule.metric, rule.metric)
     recent = None if history is None else np.asarray(history, dtype=float)
-    trend, trend_q = _trend_band(recent, trend_steps, len(q))
+    trend, trend_q = _trend_band(recent, trend_steps, len(q), trend_max_steps, trend_recent)
     for level in ("critical", "warning"):
         threshold = float(thresholds[level])
         cut = float((cuts or {}).get(level, min_probability))
@@ -439,7 +475,7 @@ def evaluate_forecast(
             rule, cfg.thresholds(rule, profile), quantiles[rule.metric], timestamps, origin,
             None if value is None else float(value), cfg.soon_hours, cfg.min_probability,
             cuts={lv: cfg.cut(rule.metric, lv) for lv in ("warning", "critical")}, history=recent,
-            trend_steps=cfg.trend_steps if rule.metric in cfg.trend_metrics else 0, above_steps=cfg.above_steps)
+            above_steps=cfg.above_steps, **cfg.trend_args(rule.metric))
         if alert is not None:
             out.append({"server_name": server_name, "profile": profile, **alert})
     return out
@@ -501,9 +537,22 @@ class AlertBook:
                 opened.append(key[1])
             alert["first_seen"] = previous["first_seen"] if previous else stamp
             alert["timestamp"] = stamp
+            drivers = (previous.get("explanation") or {}).get("drivers") if previous else None
+            if drivers and isinstance(alert.get("explanation"), dict) and "drivers" not in alert["explanation"]:
+                alert["explanation"] = {**alert["explanation"], "drivers": drivers}  # kept from its opening
             self._active[key] = alert
             self._last_raised[key] = t
         return opened
+
+    def annotate(self, server_name: str, alert_type: str, drivers: Mapping[str, Any]) -> bool:
+        """Add ``drivers`` (the TFT's variable weights for the forecast that opened it,
+        :func:`models.drivers.explain`) to the active alert's explanation; later evaluations keep them.
+        False when no such alert is active or it has no explanation mapping."""
+        alert = self._active.get((server_name, alert_type))
+        if alert is None or not isinstance(alert.get("explanation"), dict):
+            return False
+        alert["explanation"] = {**alert["explanation"], "drivers": dict(drivers)}
+        return True
 
     def clear(self, server_name: str) -> None:
         """Forget ``server_name``'s alerts at once (its data no longer allows a forecast)."""

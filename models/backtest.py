@@ -84,13 +84,15 @@ class FleetSpec:
     days: int = 30
     prefix: str = "test"
     start: str = "2026-03-02"
+    shape_rate: float = 1.0  # the simulator's real-shape episodes; 0: the simulator before them (issue 10)
 
     @property
     def steps(self) -> int:
         return HISTORY_STEPS + self.days * schema.STEPS_PER_DAY + LOOKAHEAD
 
     def key(self) -> str:
-        return f"{self.prefix}-s{self.seed}-n{self.n_servers}-d{self.days}"
+        shapes = "" if self.shape_rate == 1.0 else f"-r{self.shape_rate:g}"
+        return f"{self.prefix}-s{self.seed}-n{self.n_servers}-d{self.days}{shapes}"
 
 
 TEST_FLEET = FleetSpec()
@@ -100,7 +102,8 @@ CALIBRATION_FLEET = FleetSpec(seed=CALIBRATION_SEED, prefix="cal")
 def simulate(spec: FleetSpec) -> simulator.FleetData:
     """The fleet of ``spec``: the simulator's servers renamed ``<prefix>-web-01``, ... (never trained on)."""
     servers = [(f"{spec.prefix}-{name}", profile) for name, profile in simulator.default_servers(spec.n_servers)]
-    return simulator.generate_fleet(steps=spec.steps, seed=spec.seed, start=spec.start, servers=servers)
+    return simulator.generate_fleet(steps=spec.steps, seed=spec.seed, start=spec.start, servers=servers,
+                                    shape_rate=spec.shape_rate)
 
 
 @dataclass
@@ -133,7 +136,7 @@ class Series:
                    incidents if incidents is not None else pd.DataFrame())
 
 
-def _checkpoint_digest(path: Path) -> str:
+def checkpoint_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
@@ -171,7 +174,7 @@ def cached_forecasts(forecaster: Any, checkpoint: Path | None, spec: FleetSpec, 
     """:func:`forecast_origins`, cached under the data dir by checkpoint digest and fleet."""
     if checkpoint is None:
         return forecast_origins(forecaster, fleet.records, series, progress=progress)
-    path = config.data_dir() / "backtest" / f"{_checkpoint_digest(Path(checkpoint))}-{spec.key()}.npy"
+    path = config.data_dir() / "backtest" / f"{checkpoint_digest(Path(checkpoint))}-{spec.key()}.npy"
     if path.is_file():
         return np.load(path)
     values = forecast_origins(forecaster, fleet.records, series, progress=progress)
@@ -219,11 +222,11 @@ def rule_scores(series: Series, quantiles: np.ndarray, cfg: alert_rules.AlertCon
         for rule in cfg.rules:
             j = schema.METRICS.index(rule.metric)
             thresholds = cfg.thresholds(rule, series.profiles[i])
-            trend_steps = cfg.trend_steps if rule.metric in cfg.trend_metrics else 0
+            trend = cfg.trend_args(rule.metric)
             v = series.values[s][rule.metric]
             for k, o in enumerate(series.origins):
                 sc = alert_rules.metric_scores(rule, thresholds, quantiles[i, k, :, j, :], float(v[o]),
-                                               v[o - HISTORY_STEPS + 1:o + 1], trend_steps, cfg.above_steps)
+                                               v[o - HISTORY_STEPS + 1:o + 1], above_steps=cfg.above_steps, **trend)
                 out[rule.metric][i, k] = (sc["critical"][0], sc["critical"][1], sc["warning"][0], sc["warning"][1])
     return out
 
@@ -486,12 +489,29 @@ def _f1(figures: Mapping[str, float]) -> float:
     return 2 * p * r / (p + r)
 
 
+TARGET_PRECISION = 0.8  # issue 10's goal for the precision of onsets
+
+
+def choose_cut(sweep: pd.DataFrame, target_precision: float | None = TARGET_PRECISION) -> float:
+    """The cut of one metric's ``sweep`` (cut, precision, recall_1h, f1): the one with the most recall at
+    >= 1 h among those whose precision of onsets reaches ``target_precision`` (ties: the higher cut); when
+    none does, or ``target_precision`` is None, the best F1 (ties: the higher cut)."""
+    rows = sweep.sort_values("cut", ascending=False)
+    if target_precision is not None:
+        ok = rows[(rows["precision"] >= target_precision) & (rows["recall_1h"] > 0)]
+        if not ok.empty:
+            return float(ok.loc[ok["recall_1h"].idxmax(), "cut"])  # idxmax: the first (highest cut) of ties
+    return float(rows.loc[rows["f1"].idxmax(), "cut"])
+
+
 def calibrate(checkpoint: Path, spec: FleetSpec = CALIBRATION_FLEET, cfg: alert_rules.AlertConfig | None = None,
               grid: Sequence[float] = CUT_GRID, forecaster: Any = None,
-              progress: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
+              progress: Callable[[str], None] | None = None,
+              target_precision: float | None = TARGET_PRECISION) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
     """Probability cuts per metric (warning and critical alike) chosen on the calibration fleet: for each
-    metric the cut of ``grid`` with the best F1 of precision of onsets and recall at >= 1 h (ties: the
-    higher cut). Returns the cuts and the sweep (metric, cut, precision, recall_1h, f1)."""
+    metric the cut of ``grid`` with the most recall at >= 1 h among those whose precision of onsets
+    reaches ``target_precision``, else the best F1 of the two (:func:`choose_cut`). Returns the cuts and
+    the sweep (metric, cut, precision, recall_1h, f1)."""
     if spec.seed == TEST_FLEET.seed or spec.prefix == TEST_FLEET.prefix:
         raise ValueError("calibration must not use the test fleet")
     cfg = cfg or alert_rules.load_config()
@@ -501,7 +521,6 @@ def calibrate(checkpoint: Path, spec: FleetSpec = CALIBRATION_FLEET, cfg: alert_
     chosen: dict[str, dict[str, float]] = {}
     rows = []
     for rule in cfg.rules:
-        best: tuple[float, float] | None = None
         for cut in grid:
             c = cfg.with_cuts({rule.metric: {"warning": cut, "critical": cut}})
             activity = activity_from_scores(series, scores, c, [rule.metric])
@@ -512,10 +531,9 @@ def calibrate(checkpoint: Path, spec: FleetSpec = CALIBRATION_FLEET, cfg: alert_
             if progress is not None:
                 progress(f"calibrate {rule.metric} cut {cut:.2f}: precision {figures['precision']:.2f} "
                          f"recall {figures['recall_1h']:.2f} F1 {f1:.3f}")
-            if best is None or f1 >= best[0]:
-                best = (f1, cut)
-        assert best is not None
-        chosen[rule.metric] = {"warning": best[1], "critical": best[1]}
+        mine = pd.DataFrame([r for r in rows if r["metric"] == rule.metric])
+        cut = choose_cut(mine, target_precision)
+        chosen[rule.metric] = {"warning": cut, "critical": cut}
     return chosen, pd.DataFrame(rows)
 
 

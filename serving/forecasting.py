@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from models import alerts as alert_rules
-from models import schema
+from models import drivers, schema
+from models.guard import MODEL as MODEL_SOURCE
 from models.tft import ServerForecast
 from serving import pages
 from serving.background import Periodic
@@ -202,6 +203,7 @@ class PredictionEngine:
                 forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
             entries: dict[str, dict[str, Any]] = {}
             thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
+            opened: dict[str, list[str]] = {}  # server -> alert types that opened on the model's forecast
             for name, fc in forecasts.items():
                 h = by_server[name]
                 gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
@@ -210,7 +212,16 @@ class PredictionEngine:
                 recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS if m not in gone}  # trend
                 server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
                                                               fc.origin, current, self.alert_config, recent)
-                self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+                types = self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+                by_type = {a["alert_type"]: a for a in self.alerts.for_server(name)}
+                new = [t for t in types if t in by_type and not by_type[t].get("already_above")
+                       and sources.get(name, {}).get(by_type[t]["metric"], MODEL_SOURCE) == MODEL_SOURCE]
+                if new:
+                    opened[name] = new
+            self._add_drivers(history, opened)
+            for name, fc in forecasts.items():
+                h = by_server[name]
+                gone = missing.get(name, ())
                 server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
                 if fc.profile not in thresholds:
                     thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
@@ -227,6 +238,23 @@ class PredictionEngine:
             self.last_refresh_seconds = time.perf_counter() - started
             logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
             return len(entries)
+
+    def _add_drivers(self, history: pd.DataFrame, opened: dict[str, list[str]]) -> None:
+        """Name the inputs that drove each alert that just opened on the model's forecast: the TFT's
+        variable-selection weights of that forecast (:mod:`models.drivers`, the library's forward for these
+        few servers only). Never costs a refresh: without them the explanation keeps the trend or band."""
+        if not opened or getattr(self.forecaster, "model", None) is None:  # a stand-in without a TFT
+            return
+        try:
+            weights = drivers.variable_weights(self.forecaster, history, opened)
+        except Exception:  # the explanation is an extra: the alerts stand without it
+            logger.exception("could not compute the variable weights of %d servers", len(opened))
+            return
+        for name, types in opened.items():
+            if name in weights:
+                explained = drivers.explain(weights[name])
+                for alert_type in types:
+                    self.alerts.annotate(name, alert_type, explained)
 
     def _guard_report(self, sources: dict[str, dict[str, str]], dropped: list[str]) -> None:
         """Keep the sources served per server; /health's and /metrics' guard figures."""

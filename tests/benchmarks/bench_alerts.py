@@ -48,6 +48,10 @@ def main() -> None:
                         help="choose the cuts on the calibration fleet and write models/alert_calibration.yaml")
     parser.add_argument("--no-real", action="store_true", help="skip the NAB traces")
     parser.add_argument("--curve", action="store_true", help="also print precision/recall against one common cut")
+    parser.add_argument("--shape-rate", type=float, default=1.0,
+                        help="the simulator's real-shape episodes on the test fleet (0: the simulator before them)")
+    parser.add_argument("--target-precision", type=float, default=0.8,
+                        help="calibration: the most recall among cuts reaching this precision (else best F1)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -61,17 +65,22 @@ def main() -> None:
     if args.calibrate:
         spec = backtest.FleetSpec(seed=backtest.CALIBRATION_SEED, prefix="cal", n_servers=args.servers,
                                   days=args.days)
-        cuts, sweep = backtest.calibrate(checkpoint, spec, forecaster=forecaster, progress=print)
-        path = backtest.write_calibration(cuts, note=f"Fleet: seed {spec.seed}, {spec.n_servers} servers, "
-                                          f"{spec.days} days; checkpoint {checkpoint.name}; best F1 per metric.")
+        cuts, sweep = backtest.calibrate(checkpoint, spec, forecaster=forecaster, progress=print,
+                                         target_precision=args.target_precision)
+        digest = backtest.checkpoint_digest(checkpoint)
+        path = backtest.write_calibration(cuts, note=(
+            f"Fleet: seed {spec.seed}, {spec.n_servers} servers, {spec.days} days; checkpoint {checkpoint.name} "
+            f"(sha256 {digest}): tied to that model, re-run `make calibrate-alerts CHECKPOINT=...` for another.\n"
+            f"# Per metric: the most recall at >= 1 h among cuts with precision of onsets >= "
+            f"{args.target_precision:g} on that fleet, else the best F1."))
         print(sweep.to_markdown(index=False, floatfmt=".2f"))
         print(f"wrote {path}: {cuts} ({time.perf_counter() - started:.0f} s)")
         return
-    spec = backtest.FleetSpec(n_servers=args.servers, days=args.days)
+    spec = backtest.FleetSpec(n_servers=args.servers, days=args.days, shape_rate=args.shape_rate)
     result = backtest.run_backtest(checkpoint, spec, alerts.load_config(), curve=args.curve,
                                    real=not args.no_real, forecaster=forecaster, progress=print)
-    print(f"\nheld-out simulated fleet: seed {spec.seed}, {spec.n_servers} servers, {spec.days} days, origins "
-          f"every 30 min; cuts {result.cuts}")
+    print(f"\nheld-out simulated fleet: seed {spec.seed}, {spec.n_servers} servers, {spec.days} days, shape rate "
+          f"{spec.shape_rate:g}, origins every 30 min; cuts {result.cuts}")
     print(backtest.markdown_table(result))
     if not result.curve.empty:
         print("\nprecision / recall against one common cut:")

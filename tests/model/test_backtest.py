@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models import alerts, backtest, schema
@@ -112,3 +113,16 @@ def test_gate_blocks_a_candidate_that_loses_recall_or_precision() -> None:
                              "alerts_fleetcast_overall_precision": 0.81}, champ, 0.05)
     assert not ok and "recall" in why and "0.700" in why
     assert backtest.gate({}, champ, 0.05)[0]  # a champion or candidate without a backtest: no alert gate
+
+
+def test_the_cut_is_the_most_recall_at_the_target_precision_else_the_best_f1() -> None:
+    sweep = pd.DataFrame({"cut": [0.1, 0.3, 0.5, 0.7, 0.9],
+                          "precision": [0.40, 0.70, 0.82, 0.90, float("nan")],
+                          "recall_1h": [0.90, 0.80, 0.60, 0.50, 0.0]})
+    sweep["f1"] = [2 * p * r / (p + r) if p + r and p == p else 0.0
+                   for p, r in zip(sweep["precision"], sweep["recall_1h"], strict=True)]
+    assert backtest.choose_cut(sweep, 0.8) == 0.5  # 0.5 and 0.7 reach 0.8: 0.5 keeps more recall
+    assert backtest.choose_cut(sweep, 0.95) == 0.3  # none reaches 0.95: the best F1
+    assert backtest.choose_cut(sweep, None) == 0.3
+    tie = pd.DataFrame({"cut": [0.1, 0.2], "precision": [0.9, 0.9], "recall_1h": [0.5, 0.5], "f1": [0.6, 0.6]})
+    assert backtest.choose_cut(tie, 0.8) == 0.2  # ties: the higher cut

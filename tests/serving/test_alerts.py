@@ -292,3 +292,48 @@ def test_calibrated_cuts_come_from_the_calibration_file(tmp_path) -> None:
     with pytest.raises(ValueError, match="cut in"):
         alerts.parse_config({"rules": [{"alert_type": "c", "metric": "cpu_percent", "warning": 85, "critical": 95}],
                              "cuts": {"cpu_percent": {"warning": 2}}})
+
+
+def test_a_step_that_stays_up_is_no_trend_when_the_rise_must_go_on() -> None:
+    """Memory stepped from 50 % to 80 % an hour ago (a job loaded) and stays there: the 3 h Theil-Sen slope is
+    steep, but the last hour is flat. With ``trend.recent_fraction`` the rise must go on now: no alert; a
+    leak still climbing at the same rate keeps its alert."""
+    noise = np.random.default_rng(0).normal(0.0, 0.2, 288)
+    step = np.where(np.arange(288) >= 288 - 18, 80.0, 50.0) + noise
+    step[288 - 30:288 - 18] = np.linspace(50.0, 80.0, 12)  # an hour's ramp, then flat for 90 minutes
+    flat = {"memory_percent": band(np.full(96, 80.0), 3.0)}
+
+    def run(cfg: alerts.AlertConfig, history: np.ndarray) -> list[dict]:
+        return alerts.evaluate_forecast("ml-01", "ml_compute", flat, TIMES, ORIGIN,
+                                        {"memory_percent": float(history[-1])}, cfg, {"memory_percent": history})
+
+    plain = CFG.with_trend(trend_recent=0.0, trend_max_hours=None)
+    assert run(plain, step) and run(plain, step)[0]["explanation"]["source"] == "trend"
+    going_on = CFG.with_trend(trend_recent=0.5, trend_max_hours=None)
+    assert run(going_on, step) == []
+    leak = 80.0 + 1.5 * np.arange(-287, 1) / 12 + noise
+    assert run(going_on, leak)[0]["explanation"]["source"] == "trend"
+
+
+def test_the_trend_reaches_no_further_than_max_hours() -> None:
+    """A 1.5 %/h ramp now at 77.5 % reaches 85 % in 5 h: carried 8 h it alerts, carried 4 h it does not."""
+    history = 77.5 + 1.5 * np.arange(-287, 1) / 12
+    flat = {"memory_percent": band(np.full(96, 77.5), 3.0)}
+
+    def run(max_hours: float | None) -> list[dict]:
+        return alerts.evaluate_forecast("db-01", "database", flat, TIMES, ORIGIN, {"memory_percent": 77.5},
+                                        CFG.with_trend(trend_max_hours=max_hours, trend_recent=0.0),
+                                        {"memory_percent": history})
+
+    assert run(None)[0]["hours_to_breach"] == pytest.approx(5.0, abs=0.25)
+    assert run(8.0)[0]["hours_to_breach"] == pytest.approx(5.0, abs=0.25)
+    assert run(4.0) == []
+
+
+@pytest.mark.parametrize(("trend", "message"), [
+    ({"max_hours": 0}, "trend.max_hours"), ({"recent_fraction": 1.5}, "trend.recent_fraction"),
+])
+def test_bad_trend_settings_are_named(trend: dict, message: str) -> None:
+    data = {"rules": [{"alert_type": "a", "metric": "cpu_percent", "warning": 80, "critical": 90}], "trend": trend}
+    with pytest.raises(ValueError, match=message):
+        alerts.parse_config(data)
