@@ -1,7 +1,7 @@
 """The service's side of the forecast guard (``models/guard.py``): which forecast each server gets.
 
 State: the forecasts the service issued are kept in the feed store's database, table ``guard_forecasts``
-(one row per server and origin: the model's P50 and the three naive P50s, float32), not in the worker's
+(one row per server and origin: the model's P50 and the fallbacks' P50s, float32), not in the worker's
 memory, so they survive a restart and any worker reads the same. A forecast is logged at most every
 :data:`LOG_EVERY_STEPS` steps per server (hourly origins: 24 rows per server and day, about 3 KB each);
 rows older than two days are deleted. The decisions (source per server and metric, the scores) are
@@ -38,6 +38,8 @@ KEEP = pd.Timedelta(days=2)  # logged forecasts older than this (vs the newest o
 BACKTEST_LEADS = (96, 72, 48, 24)  # cuts before the end of a new server's history, most first
 _STEP = pd.Timedelta(minutes=schema.STEP_MINUTES)
 _SHAPE = (len(guard.SOURCES), schema.HORIZON_STEPS, len(schema.METRICS))
+_BLOB_BYTES = 4 * len(guard.SOURCES) * schema.HORIZON_STEPS * len(schema.METRICS)  # rows of another layout
+# (an earlier version's, with fewer sources) are skipped: the server is scored on the new rows only
 
 _metadata = sa.MetaData()
 guard_table = sa.Table(
@@ -213,7 +215,7 @@ class ForecastGuard:
                 for server, origin, blob in conn.execute(q):
                     o = pd.Timestamp(origin)
                     now = origins[server]
-                    if now - guard.WINDOW_STEPS * _STEP < o < now:
+                    if now - guard.WINDOW_STEPS * _STEP < o < now and len(blob) == _BLOB_BYTES:
                         out.setdefault(server, []).append((o, np.frombuffer(blob, dtype=np.float32).reshape(_SHAPE)))
         return out
 
