@@ -188,3 +188,26 @@ def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Pat
         cpu_skill = 'fleetcast_guard_skill{metric="cpu_percent"}'
         skill = [line for line in metrics.splitlines() if line.startswith(cpu_skill)]
         assert skill and float(skill[0].split()[-1]) == pytest.approx(guard["skill"]["cpu_percent"], rel=1e-3)
+
+
+def test_servers_on_different_days_keep_their_own_scores(store: FeedStore) -> None:
+    """Retention is per server (vs its own newest origin): a server whose data ends three days before
+    another's (a backfill, a replay) keeps its backtest and is decided on it like the other."""
+    for name, shift in (("now-1", 0), ("replay-1", -3 * 288)):
+        i = np.arange(0, 300)
+        rows = [{"timestamp": (T0 + int(k + shift) * STEP).isoformat(), "server_name": name, "profile": "web_api",
+                 "cpu_percent": round(float(c), 3), "memory_percent": 40.0, "disk_percent": 30.0,
+                 "load_average": 0.5} for k, c in zip(i, truth(i), strict=True)]
+        result = ingest.validate_items(rows, now=(T0 + 300 * STEP).to_pydatetime())
+        assert not result.errors
+        store.upsert(result.rows)
+    engine = PredictionEngine(StubForecaster(60.0), store, {"name": "stub"},
+                              guard=ForecastGuard(store.engine, model_info={"name": "stub"}))
+    engine.refresh()
+    import json
+
+    sources = {p["server_name"]: p["forecast_source"]["cpu_percent"]
+               for p in json.loads(engine.predictions_json())["predictions"]}
+    assert sources["now-1"] != "model" and sources["replay-1"] != "model", sources
+    scores = engine.guard.metric_scores("replay-1")
+    assert scores is not None and scores[0].scored_steps > 0
