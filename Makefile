@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-dashboard \
+.PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-fallbacks bench-dashboard \
         bench-soak bench-alerts calibrate-alerts bench-ingest debian-packages chromium clean
 
 $(STAMP): pyproject.toml
@@ -69,6 +69,11 @@ bench-serve: install
 # real CloudWatch CPU traces through a `bentoml serve` of the champion vs naive baselines (ARGS="--varying" ...)
 bench-real: install
 	$(BIN)/python tests/benchmarks/bench_real.py $(ARGS)
+
+# the guard's fallbacks alone on the dev traces (what they were chosen on) and the ec2 test traces
+bench-fallbacks: install
+	$(BIN)/python tests/benchmarks/bench_fallbacks.py
+	$(BIN)/python tests/benchmarks/bench_fallbacks.py --test
 
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py --live

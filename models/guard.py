@@ -3,19 +3,32 @@
 Plain numpy, no IO (the service's adapter, ``serving/forecast_guard.py``, keeps the forecasts it issued
 and calls these functions). For each server and metric:
 
-1. every issued forecast is kept beside the three naive forecasts of :mod:`models.baselines`
-   (last value, seasonal naive 24 h, mean of the last 24 h) made at the same origin
-   (:func:`naive_points`);
+1. every issued forecast is kept beside the naive forecasts made at the same origin
+   (:func:`naive_points`): the three of :mod:`models.baselines` (last value, seasonal naive 24 h, mean of
+   the last 24 h) and the naive ensemble (:func:`ensemble_points`);
 2. once actuals arrived, the P50 of each is scored on the steps that have actuals (:func:`score`):
    mean absolute error over the forecasts of the last 24 h of origins (:data:`WINDOW_STEPS`), the model
    and each naive on the same (origin, step) pairs;
-3. the best naive is the one with the lowest error; the model is served when its error is at most the
-   best naive's (plus :data:`TIE`, float noise), else that naive is (:attr:`MetricScore.source`).
-   Without :data:`MIN_SCORED_STEPS` scored steps there is no evidence yet, and the model is served;
+3. the model is served when its error is at most that of the ensemble and of every naive (plus
+   :data:`TIE`, float noise); otherwise the fallback is served: the naive ensemble, unless one of the
+   three naives beat it clearly (an error :data:`SWITCH_MARGIN` lower; e.g. the seasonal naive on a server
+   that repeats its day) (:attr:`MetricScore.source`). Without :data:`MIN_SCORED_STEPS` scored steps
+   there is no evidence yet, and the model is served;
 4. a naive is served with an honest band (:func:`naive_band`): P10/P90 are the naive's P50 plus the 10th
-   and 90th percentiles of that naive's own errors on the server's history, per horizon step.
+   and 90th percentiles of a naive's own errors on the server's history, per horizon step.
 
-``skill`` = model MAE / best-naive MAE on the same pairs: below 1 the model beats every naive baseline.
+Why an ensemble: picking the best of three naives per server from a few backtests is noisy (the
+winner on 4 backtest cuts of a new server is often not the winner of the next 8 h), and no single naive
+is safe: last value chases noise on idle servers, the mean lags level shifts, the seasonal naive needs a
+day and a daily pattern. The per-step median of up to five naive forecasts (:func:`ensemble_points`:
+last value, median of the last hour, mean of the last 24 h, the same time yesterday, and the last cycle
+when the history correlates with itself 1-12 h later, e.g. an hourly cron job or a persistent level) is
+never far from the best of them and often better than each (the median of forecasts is the classic
+robust combination). It was chosen on
+the dev traces of ../shared/data/nab/other/ (docs/performance.md "Guard"), not on the ec2 test traces.
+
+``skill`` = model MAE / best-naive MAE on the same pairs (the three baselines, as every evaluation
+reports): below 1 the model beats every naive baseline.
 """
 
 from __future__ import annotations
@@ -27,22 +40,26 @@ import numpy as np
 from models import baselines, schema
 
 MODEL = "model"
+ENSEMBLE = "naive_ensemble"
 NAIVES: tuple[str, ...] = tuple(baselines.BASELINES)  # last_value, seasonal_naive, mean_24h
-SOURCES: tuple[str, ...] = (MODEL, *NAIVES)
+FALLBACKS: tuple[str, ...] = (ENSEMBLE, *NAIVES)  # what the guard may serve instead of the model
+SOURCES: tuple[str, ...] = (MODEL, *FALLBACKS)
 WINDOW_STEPS = schema.STEPS_PER_DAY  # forecasts whose origin lies in the last 24 h are scored
 MIN_SCORED_STEPS = 12  # an hour of actuals before a score decides anything
 TIE = 1e-6  # float noise (the P50s are kept as float32): a model this close to the best naive is not worse
 BAND_LEADS = np.array([1, 2, 3, 4, 6, 9, 12, 18, 24, 36, 48, 60, 72, 84, 96])
 MIN_PAIRS = 12  # residuals needed for a band quantile at one lead
+SWITCH_MARGIN = 0.25  # a single naive replaces the ensemble only when its error is >= 25 % lower
+RECENT_STEPS = schema.STEPS_PER_HOUR  # "median of the last hour"
+PERIOD_LAGS = (12, 24, 36, 48, 72, 96, 144)  # sub-daily cycles looked for: 1, 2, 3, 4, 6, 8, 12 h
+PERIOD_MIN_CORRELATION = 0.3  # autocorrelation at the lag needed to call it a cycle
+PERIOD_TOLERANCE = 0.05  # a shorter lag this close to the best correlation is the cycle (not its multiple)
+BAND_WIDEN = 1.1  # the ensemble's band: the median-of-the-hour naive's error quantiles x this (dev traces)
 _UPPER = np.array([100.0 if m in schema.PERCENT_METRICS else schema.MAX_LOAD_AVERAGE for m in schema.METRICS])
 
 
-def naive_points(values: np.ndarray, horizon: int = schema.HORIZON_STEPS) -> np.ndarray:
-    """The three naive P50 forecasts from ``values`` ([steps, metrics], oldest first, no NaN).
-
-    Returns ``[len(NAIVES), horizon, metrics]``; the seasonal naive is NaN with under a day of history
-    (it has no yesterday to repeat), the mean is over the last <= 24 h.
-    """
+def _baseline_points(values: np.ndarray, horizon: int) -> np.ndarray:
+    """``[len(NAIVES), horizon, metrics]``: the three baselines (the seasonal naive NaN under a day)."""
     hist = values[None, :, :]
     out = np.full((len(NAIVES), horizon, values.shape[1]), np.nan)
     for i, name in enumerate(NAIVES):
@@ -50,6 +67,66 @@ def naive_points(values: np.ndarray, horizon: int = schema.HORIZON_STEPS) -> np.
             continue
         out[i] = baselines.BASELINES[name](hist, horizon)[0]
     return out
+
+
+def cycle_lag(series: np.ndarray) -> int | None:
+    """The sub-daily cycle of one metric's history (steps), or None.
+
+    The shortest lag of :data:`PERIOD_LAGS` (at least two cycles in the history) whose autocorrelation
+    around the median is within :data:`PERIOD_TOLERANCE` of the highest, if that reaches
+    :data:`PERIOD_MIN_CORRELATION`. A persistent series (a wandering
+    level, a ramp) correlates with itself an hour later too and is given lag 12: its last hour then joins
+    the ensemble, which pulls the median towards where the series is now. That is wanted: on the dev
+    traces, without this member the ensemble loses 36-48 % to last value on persistent series
+    (docs/performance.md "Guard"); a detrended correlation measured the same on the dev traces.
+    """
+    x = series - np.median(series)
+    found: dict[int, float] = {}
+    for candidate in PERIOD_LAGS:
+        if len(x) < 2 * candidate:
+            break
+        a, b = x[:-candidate], x[candidate:]
+        denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+        if denom > 1e-12:
+            found[candidate] = float(np.dot(a, b)) / denom
+    if not found or max(found.values()) < PERIOD_MIN_CORRELATION:
+        return None
+    top = max(found.values())  # multiples of a cycle correlate as well: the shortest lag close to the top
+    return min(lag for lag, r in found.items() if r >= top - PERIOD_TOLERANCE)
+
+
+def ensemble_points(values: np.ndarray, horizon: int = schema.HORIZON_STEPS,
+                    points: np.ndarray | None = None) -> np.ndarray:
+    """``[horizon, metrics]``: the naive ensemble, the per-step median of the naive forecasts available.
+
+    Members: last value, median of the last hour, mean of the last <= 24 h, the same time yesterday (with
+    a day of history), and per metric the last cycle repeated when :func:`cycle_lag` finds one.
+    ``points``: :func:`_baseline_points`' answer when already computed.
+    """
+    base = _baseline_points(values, horizon) if points is None else points
+    recent = np.median(values[-RECENT_STEPS:], axis=0)
+    members = [base[i] for i in range(len(NAIVES)) if not np.isnan(base[i]).any()]
+    members.append(np.repeat(recent[None, :], horizon, axis=0))
+    stacked = np.stack(members)  # [members, horizon, metrics]
+    out = np.median(stacked, axis=0)
+    steps = np.arange(horizon)
+    for m in range(values.shape[1]):
+        lag = cycle_lag(values[:, m])
+        if lag is not None:
+            cycle = values[-lag:, m][steps % lag]
+            out[:, m] = np.median(np.vstack([stacked[:, :, m], cycle[None, :]]), axis=0)
+    return out
+
+
+def naive_points(values: np.ndarray, horizon: int = schema.HORIZON_STEPS) -> np.ndarray:
+    """The fallbacks' P50 forecasts from ``values`` ([steps, metrics], oldest first, no NaN).
+
+    Returns ``[len(FALLBACKS), horizon, metrics]`` in :data:`FALLBACKS` order (the ensemble, then the three
+    naives); the seasonal naive is NaN with under a day of history (it has no yesterday to repeat), the
+    mean is over the last <= 24 h.
+    """
+    base = _baseline_points(values, horizon)
+    return np.concatenate([ensemble_points(values, horizon, base)[None], base], axis=0)
 
 
 def _residuals(values: np.ndarray, name: str, lead: int) -> np.ndarray:
@@ -63,6 +140,11 @@ def _residuals(values: np.ndarray, name: str, lead: int) -> np.ndarray:
     if name == "seasonal_naive":
         season = schema.STEPS_PER_DAY
         return values[season:] - values[:-season] if n > season else np.empty((0, values.shape[1]))
+    if name == ENSEMBLE:  # its band: the errors of its steadiest member, the median of the last hour
+        if n < RECENT_STEPS + lead:
+            return np.empty((0, values.shape[1]))
+        windows = np.lib.stride_tricks.sliding_window_view(values[: n - lead], RECENT_STEPS, axis=0)
+        return values[RECENT_STEPS - 1 + lead:] - np.median(windows, axis=-1)
     # mean_24h: mean of the last <= 24 h at each origin t (at least MIN_PAIRS steps of it)
     csum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0)])
     origins = np.arange(MIN_PAIRS - 1, n - lead)
@@ -86,12 +168,13 @@ def naive_band(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEP
     metrics = values.shape[1]
     leads = BAND_LEADS[horizon >= BAND_LEADS]
     at = np.full((len(leads), metrics, 2), np.nan)
+    widen = BAND_WIDEN if name == ENSEMBLE else 1.0
     for i, lead in enumerate(leads):
         res = _residuals(values, name, int(lead))
         if res.shape[0] < MIN_PAIRS and name != "last_value":
             res = _residuals(values, "last_value", int(lead))
         if res.shape[0] >= MIN_PAIRS:
-            at[i] = np.quantile(res, quantiles, axis=0).T
+            at[i] = np.quantile(res, quantiles, axis=0).T * widen
     known = ~np.isnan(at[:, 0, 0])
     if not known.any():  # under MIN_PAIRS + 1 steps: the spread of the history around its last value
         at[:] = np.quantile(values - values[-1], quantiles, axis=0).T if values.shape[0] > 1 else 0.0
@@ -115,9 +198,10 @@ def naive_band(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEP
 
 def naive_quantiles(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEPS,
                     band: np.ndarray | None = None) -> np.ndarray:
-    """``[horizon, metrics, 3]``: P10, P50, P90 of naive ``name`` from ``values`` ([steps, metrics]),
-    clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets when already known."""
-    p50 = naive_points(values, horizon)[NAIVES.index(name)]
+    """``[horizon, metrics, 3]``: P10, P50, P90 of fallback ``name`` (:data:`FALLBACKS`) from ``values``
+    ([steps, metrics]), clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets when
+    already known."""
+    p50 = naive_points(values, horizon)[FALLBACKS.index(name)]
     if np.isnan(p50).any():
         raise ValueError(f"{name} needs {schema.STEPS_PER_DAY} steps of history, got {values.shape[0]}")
     if band is None:
@@ -132,7 +216,7 @@ class MetricScore:
 
     source: str  # MODEL or a naive's name
     model_mae: float | None  # on the best naive's pairs
-    naive_mae: dict[str, float | None]  # each naive's MAE (on its pairs with the model)
+    naive_mae: dict[str, float | None]  # each fallback's MAE (on its pairs with the model)
     best_naive: str | None
     scored_steps: int  # (origin, step) pairs behind best_naive's comparison
     model_abs: float = 0.0  # sums behind the fleet's pooled skill
@@ -152,15 +236,18 @@ def _ratio(model_abs: float, naive_abs: float) -> float:
     return model_abs / naive_abs
 
 
-UNSCORED = MetricScore(MODEL, None, dict.fromkeys(NAIVES), None, 0)
+UNSCORED = MetricScore(MODEL, None, dict.fromkeys(FALLBACKS), None, 0)
 
 
 def score(predictions: np.ndarray, actuals: np.ndarray, min_steps: int = MIN_SCORED_STEPS) -> list[MetricScore]:
     """Score past forecasts and decide per metric.
 
     ``predictions``: ``[origins, len(SOURCES), horizon, metrics]`` P50s (SOURCES order, NaN where a source
-    had none); ``actuals``: ``[origins, horizon, metrics]`` (NaN where not arrived yet). Each naive is
-    compared with the model on the pairs both forecast and that have actuals.
+    had none); ``actuals``: ``[origins, horizon, metrics]`` (NaN where not arrived yet). Each fallback is
+    compared with the model on the pairs both forecast and that have actuals. The fallback is the
+    ensemble unless a naive's error is :data:`SWITCH_MARGIN` lower; the model
+    is served when it is at most as wrong as that fallback. ``best_naive``/``skill`` compare the model
+    with the best of the three baselines.
     """
     metrics = predictions.shape[-1]
     out = []
@@ -169,7 +256,7 @@ def score(predictions: np.ndarray, actuals: np.ndarray, min_steps: int = MIN_SCO
         a = actuals[..., m]
         per_naive: dict[str, float | None] = {}
         sums: dict[str, tuple[float, float, int]] = {}
-        for i, name in enumerate(NAIVES, start=1):
+        for i, name in enumerate(FALLBACKS, start=1):
             naive = predictions[:, i, :, m]
             mask = np.isfinite(a) & np.isfinite(model[..., m]) & np.isfinite(naive)
             count = int(mask.sum())
@@ -180,12 +267,20 @@ def score(predictions: np.ndarray, actuals: np.ndarray, min_steps: int = MIN_SCO
             m_abs = float(np.abs(model[..., m][mask] - a[mask]).sum())
             per_naive[name] = n_abs / count
             sums[name] = (m_abs, n_abs, count)
-        if not sums:
+        baselines_scored = [k for k in NAIVES if k in sums]
+        if not baselines_scored:
             out.append(UNSCORED)
             continue
-        best = min(sums, key=lambda k: sums[k][1] / sums[k][2])
+        best = min(baselines_scored, key=lambda k: sums[k][1] / sums[k][2])
+        fallback = ENSEMBLE if ENSEMBLE in sums else best
+        if fallback == ENSEMBLE:
+            ens = sums[ENSEMBLE][1] / sums[ENSEMBLE][2]
+            confident = [k for k in baselines_scored if sums[k][1] / sums[k][2] < ens * (1.0 - SWITCH_MARGIN)]
+            if confident:
+                fallback = min(confident, key=lambda k: sums[k][1] / sums[k][2])
+        fm_abs, fn_abs, fcount = sums[fallback]
+        source = MODEL if fm_abs / fcount <= fn_abs / fcount + TIE else fallback
         m_abs, n_abs, count = sums[best]
-        source = MODEL if m_abs / count <= n_abs / count + TIE else best
         out.append(MetricScore(source, m_abs / count, per_naive, best, count, m_abs, n_abs))
     return out
 

@@ -1,10 +1,11 @@
 """The service's side of the forecast guard (``models/guard.py``): which forecast each server gets.
 
 State: the forecasts the service issued are kept in the feed store's database, table ``guard_forecasts``
-(one row per server and origin: the model's P50 and the three naive P50s, float32), not in the worker's
+(one row per server and origin: the model's P50 and the fallbacks' P50s, float32), not in the worker's
 memory, so they survive a restart and any worker reads the same. A forecast is logged at most every
-:data:`LOG_EVERY_STEPS` steps per server (hourly origins: 24 rows per server and day, about 3 KB each);
-rows older than two days are deleted. The decisions (source per server and metric, the scores) are
+:data:`LOG_EVERY_STEPS` steps per server (hourly origins: 24 rows per server and day, about 4 KB each);
+rows two days older than the server's newest are deleted (any older than 30 days, for servers gone).
+The decisions (source per server and metric, the scores) are
 recomputed from those rows when a server's origin has moved on by :data:`LOG_EVERY_STEPS` steps (and after
 a restart), in the worker, from rows and the history the refresh already read.
 
@@ -34,10 +35,13 @@ from models.tft import ServerForecast
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_STEPS = 12  # one logged forecast per server and hour
-KEEP = pd.Timedelta(days=2)  # logged forecasts older than this (vs the newest origin) are deleted
+KEEP = pd.Timedelta(days=2)  # a server's logged forecasts older than this (vs its newest origin) are deleted
+FORGET = pd.Timedelta(days=30)  # any server's, older than this vs the newest origin of all (servers gone)
 BACKTEST_LEADS = (96, 72, 48, 24)  # cuts before the end of a new server's history, most first
 _STEP = pd.Timedelta(minutes=schema.STEP_MINUTES)
 _SHAPE = (len(guard.SOURCES), schema.HORIZON_STEPS, len(schema.METRICS))
+_BLOB_BYTES = 4 * len(guard.SOURCES) * schema.HORIZON_STEPS * len(schema.METRICS)  # rows of another layout
+# (an earlier version's, with fewer sources) are skipped: the server is scored on the new rows only
 
 _metadata = sa.MetaData()
 guard_table = sa.Table(
@@ -213,7 +217,7 @@ class ForecastGuard:
                 for server, origin, blob in conn.execute(q):
                     o = pd.Timestamp(origin)
                     now = origins[server]
-                    if now - guard.WINDOW_STEPS * _STEP < o < now:
+                    if now - guard.WINDOW_STEPS * _STEP < o < now and len(blob) == _BLOB_BYTES:
                         out.setdefault(server, []).append((o, np.frombuffer(blob, dtype=np.float32).reshape(_SHAPE)))
         return out
 
@@ -225,9 +229,17 @@ class ForecastGuard:
         else:
             from sqlalchemy.dialects.sqlite import insert
         stmt = insert(guard_table).on_conflict_do_nothing(index_elements=[schema.SERVER, "origin", "model"])
+        latest: dict[str, Any] = {}
+        for r in rows:
+            latest[r[schema.SERVER]] = max(latest.get(r[schema.SERVER], r["origin"]), r["origin"])
+        col = guard_table.c[schema.SERVER]
+        expire = sa.delete(guard_table).where(col == sa.bindparam("s"), guard_table.c.origin < sa.bindparam("cut"))
         with self.engine.begin() as conn:
             conn.execute(stmt, rows)
-            conn.execute(sa.delete(guard_table).where(guard_table.c.origin < (newest - KEEP).to_pydatetime()))
+            # per server, relative to its own newest origin (servers need not share a clock: a backfill, a
+            # replay, a benchmark posting windows of different days); servers gone quiet: after FORGET
+            conn.execute(expire, [{"s": s, "cut": o - KEEP.to_pytimedelta()} for s, o in latest.items()])
+            conn.execute(sa.delete(guard_table).where(guard_table.c.origin < (newest - FORGET).to_pydatetime()))
 
     def use_model(self, model_info: dict[str, Any]) -> None:
         """Score another model from now on: its own logged forecasts (or a backtest of it) decide."""

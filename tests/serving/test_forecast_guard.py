@@ -140,7 +140,7 @@ def test_without_a_guard_the_model_is_always_served(store: FeedStore) -> None:
 def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Path, h: Any) -> None:
     """Over HTTP: a server whose CPU repeats every day exactly (the seasonal naive is exact, the model is
     not) is served the seasonal naive for CPU, and its flat metrics stay flat (the model when it is as
-    exact as the last value: a tie goes to the model; else the last value); /health and BentoML's
+    exact as the fallback: a tie goes to the model; else the naive ensemble); /health and BentoML's
     /metrics count it and report the skill; a server with under 2 h of history has no score yet and gets the model."""
     import os
 
@@ -167,23 +167,47 @@ def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Pat
         got = h.wait_for(both, timeout=120)
         daily_src = got["daily-01"]["forecast_source"]
         assert daily_src["cpu_percent"] == "seasonal_naive", daily_src
-        for metric, value in flat.items():  # the model when it is as exact as the last value, else that
-            assert daily_src[metric] in ("model", "last_value"), daily_src
+        for metric, value in flat.items():  # the model when it is as exact as the fallback, else that
+            assert daily_src[metric] in ("model", "naive_ensemble"), daily_src
             assert got["daily-01"]["forecast"][metric]["p50"][:12] == pytest.approx([value] * 12, abs=0.011)
         expected = [round(40.0 + 25.0 * np.sin(2 * np.pi * i / 288.0), 2) for i in range(576, 576 + 12)]
         assert got["daily-01"]["forecast"]["cpu_percent"]["p50"][:12] == pytest.approx(expected, abs=0.011)
         assert set(got["young-01"]["forecast_source"].values()) == {"model"}
         guard = http.get("/health").json()["forecast_guard"]
         assert guard["enabled"] is True
-        assert guard["servers_by_source"]["cpu_percent"] == {"model": 1, "last_value": 0, "seasonal_naive": 1,
-                                                              "mean_24h": 0}
+        assert guard["servers_by_source"]["cpu_percent"] == {"model": 1, "naive_ensemble": 0, "last_value": 0,
+                                                              "seasonal_naive": 1, "mean_24h": 0}
         assert guard["servers_scored"]["cpu_percent"] == 1 and guard["skill"]["cpu_percent"] > 1.0
         metrics = http.get("/metrics").text  # BentoML's Prometheus endpoint
         assert 'fleetcast_guard_servers{metric="cpu_percent",source="seasonal_naive"} 1.0' in metrics, metrics[-3000:]
         assert 'fleetcast_guard_servers{metric="cpu_percent",source="model"} 1.0' in metrics
-        memory = {source: float(line.split()[-1]) for source in ("model", "last_value") for line in metrics.splitlines()
+        memory = {source: float(line.split()[-1]) for source in ("model", "naive_ensemble")
+                  for line in metrics.splitlines()
                   if line.startswith(f'fleetcast_guard_servers{{metric="memory_percent",source="{source}"}}')}
         assert sum(memory.values()) == 2.0, memory
         cpu_skill = 'fleetcast_guard_skill{metric="cpu_percent"}'
         skill = [line for line in metrics.splitlines() if line.startswith(cpu_skill)]
         assert skill and float(skill[0].split()[-1]) == pytest.approx(guard["skill"]["cpu_percent"], rel=1e-3)
+
+
+def test_servers_on_different_days_keep_their_own_scores(store: FeedStore) -> None:
+    """Retention is per server (vs its own newest origin): a server whose data ends three days before
+    another's (a backfill, a replay) keeps its backtest and is decided on it like the other."""
+    for name, shift in (("now-1", 0), ("replay-1", -3 * 288)):
+        i = np.arange(0, 300)
+        rows = [{"timestamp": (T0 + int(k + shift) * STEP).isoformat(), "server_name": name, "profile": "web_api",
+                 "cpu_percent": round(float(c), 3), "memory_percent": 40.0, "disk_percent": 30.0,
+                 "load_average": 0.5} for k, c in zip(i, truth(i), strict=True)]
+        result = ingest.validate_items(rows, now=(T0 + 300 * STEP).to_pydatetime())
+        assert not result.errors
+        store.upsert(result.rows)
+    engine = PredictionEngine(StubForecaster(60.0), store, {"name": "stub"},
+                              guard=ForecastGuard(store.engine, model_info={"name": "stub"}))
+    engine.refresh()
+    import json
+
+    sources = {p["server_name"]: p["forecast_source"]["cpu_percent"]
+               for p in json.loads(engine.predictions_json())["predictions"]}
+    assert sources["now-1"] != "model" and sources["replay-1"] != "model", sources
+    scores = engine.guard.metric_scores("replay-1")
+    assert scores is not None and scores[0].scored_steps > 0
