@@ -210,9 +210,18 @@ class WindowBatches(Dataset):
         scale = torch.clamp((q[1] - q[0]) / features.IQR_TO_STD, min=normalizer.floor)
         return center.to(encoder.dtype), scale.to(encoder.dtype)
 
-    def dataloader(self, train: bool, batch_size: int, num_workers: int = 0) -> DataLoader:
+    def dataloader(self, train: bool, batch_size: int, num_workers: int = 0, seed: int | None = None) -> DataLoader:
         """Batches of ``batch_size`` windows (shuffled, last partial batch dropped when ``train``, as
-        ``TimeSeriesDataSet.to_dataloader``); each batch is built by one ``__getitems__`` call."""
-        sampler = RandomSampler(self) if train else SequentialSampler(self)
+        ``TimeSeriesDataSet.to_dataloader``); each batch is built by one ``__getitems__`` call.
+
+        ``seed`` (not ``train``): the windows in one fixed random order, the same at every pass (so a
+        validation limited to a few batches samples every series, not the first ones)."""
+        sampler: Any
+        if train:
+            sampler = RandomSampler(self)
+        elif seed is not None:
+            sampler = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        else:
+            sampler = SequentialSampler(self)
         batches = BatchSampler(sampler, batch_size=batch_size, drop_last=train and len(self) > batch_size)
         return DataLoader(self, batch_sampler=batches, collate_fn=_collated, num_workers=num_workers)

@@ -1,18 +1,23 @@
-"""models.windows builds exactly the batches of the library's TimeSeriesDataSet dataloader."""
+"""models.windows builds exactly the batches of the library's TimeSeriesDataSet dataloader; the training loop's
+threads, schedule and best-weights rule; evaluation on the fast path equals the library's."""
 
 from __future__ import annotations
 
+import os
 from copy import copy
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import pytorch_forecasting.data.timeseries._timeseries as library_timeseries
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer
 
-from models import evaluation, features, windows
+from models import evaluation, features, tft, windows
 
 
 def assert_same(mine: Any, theirs: Any, path: str = "batch") -> None:
@@ -98,3 +103,57 @@ def test_other_normalizers_are_refused(tiny_experiment: evaluation.Experiment) -
     dataset = TimeSeriesDataSet(tiny_experiment.train_frame, **kwargs)
     with pytest.raises(windows.Unsupported, match="target normalizer"):
         windows.WindowBatches(dataset)
+
+
+def test_fast_evaluation_path_equals_the_library(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment) -> None:
+    model = tft.Forecaster.from_checkpoint(tiny_checkpoint).model
+    ds = evaluation.windows_dataset(model.dataset_parameters, tiny_experiment.frame, tiny_experiment.windows)
+    fast, fast_index = tft.predict_windows(model, ds, batch_size=16, workers=2)
+    slow, slow_index = tft.predict_dataset(model, ds, batch_size=16)
+    assert len(fast) == len(tiny_experiment.windows) > 16
+    pd.testing.assert_frame_equal(fast_index, slow_index)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-3)
+
+
+def test_training_threads_follow_the_setting_then_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETCAST_TRAIN_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert tft.training_threads() == (5, "auto: 8 CPUs, load average 2.60")
+    assert tft.training_threads(3)[0] == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (11.0, 0.0, 0.0))
+    assert tft.training_threads()[0] == 1
+    monkeypatch.setenv("FLEETCAST_TRAIN_THREADS", "2")
+    assert tft.training_threads(3) == (2, "FLEETCAST_TRAIN_THREADS")
+    monkeypatch.setenv("FLEETCAST_TRAIN_THREADS", "0")
+    with pytest.raises(ValueError, match="FLEETCAST_TRAIN_THREADS"):
+        tft.training_threads()
+
+
+def test_one_cycle_warms_up_then_anneals() -> None:
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([weight], lr=1e-2)
+    trainer = SimpleNamespace(optimizers=[optimizer], estimated_stepping_batches=20)
+    schedule = tft.OneCycle(warmup_fraction=0.25)
+    schedule.on_train_start(trainer, None)  # type: ignore[arg-type]
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for step in range(20):
+        optimizer.step()
+        schedule.on_train_batch_end(trainer, None, None, None, step)  # type: ignore[arg-type]
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-2) and int(np.argmax(lrs)) == 4  # 25 % of 20 steps, then down
+    # lrs[k]: the rate of step k; the 20th (last) step runs at lr / 1,000, and it stays there
+    assert lrs[19] == pytest.approx(1e-5) and lrs[18] > lrs[19] and lrs[20] == lrs[19]
+
+
+def test_best_weights_keep_the_lowest_validation_loss() -> None:
+    net = torch.nn.Linear(2, 1)
+    best = tft.BestWeights()
+    for epoch, (loss, fill) in enumerate([(3.0, 1.0), (1.0, 2.0), (2.0, 3.0)]):
+        torch.nn.init.constant_(net.weight, fill)
+        trainer = SimpleNamespace(callback_metrics={"val_loss": torch.tensor(loss)}, sanity_checking=False,
+                                  current_epoch=epoch)
+        best.on_validation_end(trainer, net)  # type: ignore[arg-type]
+    best.restore(net)
+    assert best.epoch == 1 and torch.equal(net.weight, torch.full((1, 2), 2.0))
