@@ -173,7 +173,8 @@ def tft_model(
                      f"{'last' if result.best_epoch is None else result.best_epoch + 1} (lowest validation loss)")
     c.log_metric(run_id, "train_seconds", result.seconds)
     value = {"run_id": run_id, "checkpoint": str(path), "preset": config.preset,
-             "n_parameters": result.n_parameters, "fingerprint": exp.split.fingerprint}
+             "n_parameters": result.n_parameters, "fingerprint": exp.split.fingerprint,
+             "train_seconds": round(result.seconds, 1), "train_threads": result.threads}
     last = result.history[-1] if result.history else None
     return dg.Output(value, metadata={
         "mlflow_run_id": run_id,
