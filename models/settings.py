@@ -66,6 +66,9 @@ class Settings(BaseSettings):
                                    "per this many hours")
     retrain_preset: str = env("FLEETCAST_RETRAIN_PRESET", "demo", None,
                               "training preset of runs the sensor and the weekly schedule launch")
+    train_threads: int | None = env("FLEETCAST_TRAIN_THREADS", None, "auto",
+                                    "torch threads while training; unset: chosen at start from the idle cores "
+                                    "(CPU count minus the 1-minute load average, at least 1), logged")
 
 
 def get_settings() -> Settings:

@@ -35,7 +35,8 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-from models import features, fused, grid, inference, schema
+from models import features, fused, grid, inference, schema, windows
+from models.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,19 @@ class TrainSettings:
     accelerator: str = "cpu"
     seed: int = 42
     num_workers: int = 0
-    # torch intra-op threads while training (restored afterwards); None: torch's default.
-    # On a small shared CPU one thread is much faster: OpenMP threads spin-wait when oversubscribed.
-    num_threads: int | None = 1
-
-
+    # torch intra-op threads while training (restored afterwards); None: chosen at start from the idle
+    # cores (:func:`training_threads`; FLEETCAST_TRAIN_THREADS overrides both). On a shared CPU more
+    # threads than idle cores is much slower: OpenMP threads spin-wait when oversubscribed.
+    num_threads: int | None = None
+    # "onecycle": the learning rate warms up from lr / 10 to the model's learning rate over the first
+    # ``warmup_fraction`` of the steps, then anneals (cosine) to lr / 1,000 at the last step; "constant": lr
+    lr_schedule: str = "onecycle"
+    warmup_fraction: float = 0.25
+    # stopping rule: stop when the validation loss has not improved for this many epochs (0: run every
+    # epoch); either way the weights of the epoch with the lowest validation loss are the result
+    patience: int = 0
+    # batches built as tensors by models.windows (False: the library's per-sample dataloader)
+    fast_batches: bool = True
 @dataclass(frozen=True)
 class Preset:
     model: ModelSettings
@@ -124,7 +133,8 @@ PRESETS: dict[str, Preset] = {
     # tests: seconds on one core
     "tiny": Preset(
         ModelSettings(hidden_size=8, hidden_continuous_size=4, lstm_layers=1, attention_head_size=1),
-        TrainSettings(max_epochs=1, batch_size=32, limit_train_batches=20, limit_val_batches=2),
+        TrainSettings(max_epochs=1, batch_size=32, limit_train_batches=20, limit_val_batches=2,
+                      lr_schedule="constant"),
     ),
     # about 10 minutes end to end on 2 CPU cores (data, training, evaluation, logging)
     "demo": Preset(
@@ -186,6 +196,8 @@ class TrainResult:
     training_servers: frozenset[str]
     seconds: float
     n_train_samples: int
+    threads: int = 1
+    best_epoch: int | None = None  # epoch of the weights kept (lowest validation loss); None: the last
     n_parameters: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -220,13 +232,16 @@ def train_tft(
         train_ds = TimeSeriesDataSet.from_parameters(init.inference_parameters, train_frame, predict=False)
         model = deepcopy(init.model).train()
         model.hparams.learning_rate = (model_settings or ModelSettings()).learning_rate
-    train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
-    val_loader = None
-    if val_dataset_builder is not None:
-        val_ds = val_dataset_builder(train_ds.get_parameters())
-        val_loader = val_ds.to_dataloader(train=False, batch_size=ts.batch_size * 4,
-                                          num_workers=ts.num_workers)
+    train_loader, val_loader = _loaders(train_ds, val_dataset_builder, ts)
     history = EpochHistory(on_epoch)
+    best = BestWeights()
+    callbacks: list[pl.Callback] = [history, best]
+    if ts.lr_schedule == "onecycle":
+        callbacks.append(OneCycle(ts.warmup_fraction))
+    elif ts.lr_schedule != "constant":
+        raise ValueError(f"unknown lr_schedule {ts.lr_schedule!r}; choose onecycle or constant")
+    if ts.patience > 0 and val_loader is not None:
+        callbacks.append(pl.callbacks.EarlyStopping(monitor="val_loss", patience=ts.patience, mode="min"))
     trainer = pl.Trainer(
         max_epochs=ts.max_epochs,
         accelerator=ts.accelerator,
@@ -235,21 +250,106 @@ def train_tft(
         limit_train_batches=ts.limit_train_batches,
         limit_val_batches=ts.limit_val_batches if val_loader is not None else 0,
         num_sanity_val_steps=0,
-        callbacks=[history],
+        callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=False,
     )
-    with torch_threads(ts.num_threads):
+    threads, why = training_threads(ts.num_threads)
+    log.info("training with %d torch thread(s) (%s), %s batches", threads, why,
+             "models.windows" if isinstance(train_loader.dataset, windows.WindowBatches) else "library")
+    with torch_threads(threads):
         trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    best.restore(model)
     model = model.cpu().eval()
     servers = frozenset(train_frame[schema.SERVER].unique().tolist())
     if init is not None:
         servers |= init.training_servers
     return TrainResult(model=model, history=history.records, training_servers=servers,
-                       seconds=time.perf_counter() - started, n_train_samples=len(train_ds))
+                       seconds=time.perf_counter() - started, n_train_samples=len(train_ds), threads=threads,
+                       best_epoch=best.epoch)
+
+
+# validation windows scored per check: a fixed random sample of them (all servers), not the first ones
+VAL_SAMPLE_SEED = 0
+
+
+def _loaders(train_ds: TimeSeriesDataSet, val_dataset_builder: Callable[[dict[str, Any]], TimeSeriesDataSet] | None,
+             ts: TrainSettings) -> tuple[Any, Any]:
+    """Training and validation batches: built as tensors (:mod:`models.windows`) where the dataset allows,
+    else the library's dataloaders."""
+    val_ds = val_dataset_builder(train_ds.get_parameters()) if val_dataset_builder is not None else None
+    val_batch = ts.batch_size * 4
+    if ts.fast_batches:
+        try:
+            train_loader = windows.WindowBatches(train_ds).dataloader(True, ts.batch_size, ts.num_workers)
+            val_loader = None if val_ds is None else windows.WindowBatches(val_ds, randomize=False).dataloader(
+                False, val_batch, ts.num_workers, seed=VAL_SAMPLE_SEED)
+            return train_loader, val_loader
+        except windows.Unsupported as exc:
+            log.warning("training batches through the library's dataloader (slower): %s", exc)
+    train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
+    val_loader = None if val_ds is None else val_ds.to_dataloader(train=False, batch_size=val_batch,
+                                                                  num_workers=ts.num_workers)
+    return train_loader, val_loader
+
+
+def training_threads(requested: int | None = None) -> tuple[int, str]:
+    """(torch threads to train with, why): ``FLEETCAST_TRAIN_THREADS`` if set, else ``requested``, else
+    the idle cores at start (CPU count minus the 1-minute load average, rounded, at least 1)."""
+    configured = get_settings().train_threads
+    if configured is not None:
+        if configured < 1:
+            raise ValueError(f"FLEETCAST_TRAIN_THREADS must be at least 1, got {configured}")
+        return configured, "FLEETCAST_TRAIN_THREADS"
+    if requested is not None:
+        return requested, "preset"
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    return max(1, min(cpus, int(cpus - load + 0.5))), f"auto: {cpus} CPUs, load average {load:.2f}"
+
+
+class OneCycle(pl.Callback):
+    """One-cycle learning rate (:class:`torch.optim.lr_scheduler.OneCycleLR`, no momentum cycling) over the
+    run's optimizer steps: up from lr / 10 for ``warmup_fraction`` of them, then cosine down to lr / 1,000."""
+
+    def __init__(self, warmup_fraction: float = 0.25) -> None:
+        self.warmup_fraction = warmup_fraction
+        self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        total = max(2, int(trainer.estimated_stepping_batches))
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=self.warmup_fraction, div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.scheduler is not None and self.scheduler.last_epoch < self.scheduler.total_steps - 1:
+            self.scheduler.step()
+
+
+class BestWeights(pl.Callback):
+    """Keeps the weights of the validation with the lowest ``val_loss``; :meth:`restore` puts them back."""
+
+    def __init__(self) -> None:
+        self.best = float("inf")
+        self.epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or value is None or not float(value) < self.best:
+            return
+        self.best, self.epoch = float(value), int(trainer.current_epoch)
+        self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
 
 
 @contextmanager
@@ -304,6 +404,45 @@ def predict_dataset(
     index = pd.concat(indices, ignore_index=True)
     index[schema.SERVER] = index[schema.SERVER].astype(str)
     return _finish(outputs), index
+
+
+def predict_windows(
+    model: TemporalFusionTransformer, dataset: TimeSeriesDataSet, batch_size: int = INFERENCE_CHUNK,
+    workers: int = INFERENCE_WORKERS,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """:func:`predict_dataset` on the fast path: the dataset's windows built as tensors
+    (:class:`models.windows.WindowBatches`, equal to its dataloader's) through the fused forward
+    (:class:`models.fused.FusedTFT`, equal to the library's to float32 rounding), ``workers`` batches at a
+    time on one intra-op thread each. Same array and index; the library path where either is unsupported."""
+    try:
+        batches = windows.WindowBatches(dataset, randomize=False)
+    except windows.Unsupported as exc:
+        log.warning("evaluating through the library's dataloader (slower): %s", exc)
+        return predict_dataset(model, dataset, batch_size)
+    model.eval()
+    try:
+        network: Network | None = fused.FusedTFT(model)
+    except fused.Unsupported as exc:
+        log.warning("evaluating with the library's forward pass (slower): %s", exc)
+        network = None
+    starts = list(range(0, len(batches), batch_size))
+    if not starts:
+        return predict_dataset(model, dataset, batch_size)
+
+    def run(start: int) -> tuple[np.ndarray, pd.DataFrame]:
+        with torch.inference_mode():
+            x, _ = batches.__getitems__(list(range(start, min(start + batch_size, len(batches)))))
+            return _quantiles(model, x, network), dataset.x_to_index(x)
+
+    with torch_threads(INFERENCE_THREADS):
+        if workers > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(starts)), thread_name_prefix="tft-eval") as pool:
+                parts = list(pool.map(run, starts))
+        else:
+            parts = [run(start) for start in starts]
+    index = pd.concat([p[1] for p in parts], ignore_index=True)
+    index[schema.SERVER] = index[schema.SERVER].astype(str)
+    return _finish([p[0] for p in parts]), index
 
 
 def predict_encoded(

@@ -168,15 +168,20 @@ def tft_model(
     c = mlflow.client()
     c.log_param(run_id, "n_parameters", result.n_parameters)
     c.log_param(run_id, "n_train_samples", result.n_train_samples)
+    c.log_param(run_id, "train_threads", result.threads)
+    context.log.info(f"trained in {result.seconds:.0f}s on {result.threads} torch thread(s); weights of epoch "
+                     f"{'last' if result.best_epoch is None else result.best_epoch + 1} (lowest validation loss)")
     c.log_metric(run_id, "train_seconds", result.seconds)
     value = {"run_id": run_id, "checkpoint": str(path), "preset": config.preset,
-             "n_parameters": result.n_parameters, "fingerprint": exp.split.fingerprint}
+             "n_parameters": result.n_parameters, "fingerprint": exp.split.fingerprint,
+             "train_seconds": round(result.seconds, 1), "train_threads": result.threads}
     last = result.history[-1] if result.history else None
     return dg.Output(value, metadata={
         "mlflow_run_id": run_id,
         "checkpoint": dg.MetadataValue.path(str(path)),
         "n_parameters": result.n_parameters,
         "train_seconds": round(result.seconds, 1),
+        "train_threads": result.threads,
         "epochs": len(result.history),
         "final_train_loss": float(last.train_loss) if last and last.train_loss is not None else float("nan"),
         "final_val_loss": float(last.val_loss) if last and last.val_loss is not None else float("nan"),

@@ -76,7 +76,8 @@ def main() -> None:
     print(f"\nend-to-end wall time: {wall:.0f} s (load average at end {os.getloadavg()[0]:.2f})")
     for step, secs in step_seconds.items():
         print(f"  {step:<18} {secs:7.1f} s")
-    print(f"parameters: {trained['n_parameters']:,}")
+    print(f"parameters: {trained['n_parameters']:,}; train_tft {trained['train_seconds']:.0f} s on "
+          f"{trained['train_threads']} torch thread(s) (chosen at start: FLEETCAST_TRAIN_THREADS or the idle cores)")
     names = ["tft", *baselines.BASELINES]
     print(f"\nvalidation MAE (P50), seen servers, {int(metrics['n_windows'])} windows (origin every 2 h, last 20 %)")
     header = f"| {'target':<15} | {'horizon':<7} | " + " | ".join(f"{n:>14}" for n in names) + " |"
