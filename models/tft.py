@@ -35,7 +35,7 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-from models import features, fused, grid, inference, schema, windows
+from models import batches, features, fused, grid, inference, schema
 from models.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class TrainSettings:
     # stopping rule: stop when the validation loss has not improved for this many epochs (0: run every
     # epoch); either way the weights of the epoch with the lowest validation loss are the result
     patience: int = 0
-    # batches built as tensors by models.windows (False: the library's per-sample dataloader)
+    # batches built as tensors by models.batches (False: the library's per-sample dataloader)
     fast_batches: bool = True
 @dataclass(frozen=True)
 class Preset:
@@ -259,7 +259,7 @@ def train_tft(
     )
     threads, why = training_threads(ts.num_threads)
     log.info("training with %d torch thread(s) (%s), %s batches", threads, why,
-             "models.windows" if isinstance(train_loader.dataset, windows.WindowBatches) else "library")
+             "models.batches" if isinstance(train_loader.dataset, batches.WindowBatches) else "library")
     with torch_threads(threads):
         trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     best.restore(model)
@@ -278,17 +278,17 @@ VAL_SAMPLE_SEED = 0
 
 def _loaders(train_ds: TimeSeriesDataSet, val_dataset_builder: Callable[[dict[str, Any]], TimeSeriesDataSet] | None,
              ts: TrainSettings) -> tuple[Any, Any]:
-    """Training and validation batches: built as tensors (:mod:`models.windows`) where the dataset allows,
+    """Training and validation batches: built as tensors (:mod:`models.batches`) where the dataset allows,
     else the library's dataloaders."""
     val_ds = val_dataset_builder(train_ds.get_parameters()) if val_dataset_builder is not None else None
     val_batch = ts.batch_size * 4
     if ts.fast_batches:
         try:
-            train_loader = windows.WindowBatches(train_ds).dataloader(True, ts.batch_size, ts.num_workers)
-            val_loader = None if val_ds is None else windows.WindowBatches(val_ds, randomize=False).dataloader(
+            train_loader = batches.WindowBatches(train_ds).dataloader(True, ts.batch_size, ts.num_workers)
+            val_loader = None if val_ds is None else batches.WindowBatches(val_ds, randomize=False).dataloader(
                 False, val_batch, ts.num_workers, seed=VAL_SAMPLE_SEED)
             return train_loader, val_loader
-        except windows.Unsupported as exc:
+        except batches.Unsupported as exc:
             log.warning("training batches through the library's dataloader (slower): %s", exc)
     train_loader = train_ds.to_dataloader(train=True, batch_size=ts.batch_size, num_workers=ts.num_workers)
     val_loader = None if val_ds is None else val_ds.to_dataloader(train=False, batch_size=val_batch,
@@ -411,12 +411,12 @@ def predict_windows(
     workers: int = INFERENCE_WORKERS,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """:func:`predict_dataset` on the fast path: the dataset's windows built as tensors
-    (:class:`models.windows.WindowBatches`, equal to its dataloader's) through the fused forward
+    (:class:`models.batches.WindowBatches`, equal to its dataloader's) through the fused forward
     (:class:`models.fused.FusedTFT`, equal to the library's to float32 rounding), ``workers`` batches at a
     time on one intra-op thread each. Same array and index; the library path where either is unsupported."""
     try:
-        batches = windows.WindowBatches(dataset, randomize=False)
-    except windows.Unsupported as exc:
+        built = batches.WindowBatches(dataset, randomize=False)
+    except batches.Unsupported as exc:
         log.warning("evaluating through the library's dataloader (slower): %s", exc)
         return predict_dataset(model, dataset, batch_size)
     model.eval()
@@ -425,13 +425,13 @@ def predict_windows(
     except fused.Unsupported as exc:
         log.warning("evaluating with the library's forward pass (slower): %s", exc)
         network = None
-    starts = list(range(0, len(batches), batch_size))
+    starts = list(range(0, len(built), batch_size))
     if not starts:
         return predict_dataset(model, dataset, batch_size)
 
     def run(start: int) -> tuple[np.ndarray, pd.DataFrame]:
         with torch.inference_mode():
-            x, _ = batches.__getitems__(list(range(start, min(start + batch_size, len(batches)))))
+            x, _ = built.__getitems__(list(range(start, min(start + batch_size, len(built)))))
             return _quantiles(model, x, network), dataset.x_to_index(x)
 
     with torch_threads(INFERENCE_THREADS):

@@ -1,4 +1,4 @@
-"""Benchmark: one demo training step, the library's dataloader vs models.windows, interleaved.
+"""Benchmark: one demo training step, the library's dataloader vs models.batches, interleaved.
 
 Same model, optimizer and data (the contract dataset's training part, demo network, batch 64); each
 round runs one step fed by ``TimeSeriesDataSet.to_dataloader`` and one fed by
@@ -30,7 +30,7 @@ def main() -> None:
     import lightning.pytorch as pl
     import torch
 
-    from models import evaluation, features, simulator, tft, windows
+    from models import batches, evaluation, features, simulator, tft
 
     torch.set_num_threads(args.threads)
     pl.seed_everything(42, verbose=False)
@@ -40,7 +40,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     feeds: dict[str, Iterator[Any]] = {
         "library dataloader": iter(dataset.to_dataloader(train=True, batch_size=args.batch_size, num_workers=0)),
-        "models.windows": iter(windows.WindowBatches(dataset).dataloader(True, args.batch_size)),
+        "models.batches": iter(batches.WindowBatches(dataset).dataloader(True, args.batch_size)),
     }
 
     def step(feed: Iterator[Any]) -> tuple[float, float]:

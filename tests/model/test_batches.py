@@ -1,4 +1,4 @@
-"""models.windows builds exactly the batches of the library's TimeSeriesDataSet dataloader; the training loop's
+"""models.batches builds exactly the batches of the library's TimeSeriesDataSet dataloader; the training loop's
 threads, schedule and best-weights rule; evaluation on the fast path equals the library's."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer
 
-from models import evaluation, features, tft, windows
+from models import batches, evaluation, features, tft
 
 
 def assert_same(mine: Any, theirs: Any, path: str = "batch") -> None:
@@ -52,7 +52,7 @@ def test_full_windows_equal_the_library_batches(training_dataset: TimeSeriesData
     fixed = copy(training_dataset)
     fixed.randomize_length = None
     ids = sample_ids(fixed)
-    mine = windows.WindowBatches(fixed).__getitems__(ids)
+    mine = batches.WindowBatches(fixed).__getitems__(ids)
     theirs = fixed._collate_fn([fixed[i] for i in ids])
     assert_same(mine, theirs)
     # windows at the start of a series have shorter encoders in the library's index too
@@ -71,7 +71,7 @@ def test_random_encoder_lengths_equal_the_library_for_the_same_draws(
     monkeypatch.setattr(library_timeseries.Beta, "sample", lambda self, *args: torch.tensor(next(replay)))
     theirs = training_dataset._collate_fn([training_dataset[i] for i in ids])
     monkeypatch.setattr(torch.distributions.Beta, "sample", lambda self, shape=(): draws)
-    mine = windows.WindowBatches(training_dataset).__getitems__(ids)
+    mine = batches.WindowBatches(training_dataset).__getitems__(ids)
     assert_same(mine, theirs)
     lengths = mine[0]["encoder_lengths"]
     assert int(lengths.min()) == training_dataset.min_encoder_length
@@ -81,19 +81,19 @@ def test_random_encoder_lengths_equal_the_library_for_the_same_draws(
 def test_validation_windows_dataset_equal_the_library(tiny_experiment: evaluation.Experiment,
                                                       training_dataset: TimeSeriesDataSet) -> None:
     val = tiny_experiment.val_dataset_builder(training_dataset.get_parameters())
-    batches = windows.WindowBatches(val, randomize=False).dataloader(train=False, batch_size=16)
-    for mine, theirs in zip(batches, val.to_dataloader(train=False, batch_size=16, num_workers=0), strict=True):
+    loader = batches.WindowBatches(val, randomize=False).dataloader(train=False, batch_size=16)
+    for mine, theirs in zip(loader, val.to_dataloader(train=False, batch_size=16, num_workers=0), strict=True):
         assert_same(mine, theirs)
 
 
 def test_dataloader_shuffles_and_drops_the_last_partial_batch(training_dataset: TimeSeriesDataSet) -> None:
-    batches = windows.WindowBatches(training_dataset, randomize=False)
-    loader = batches.dataloader(train=True, batch_size=64)
+    built = batches.WindowBatches(training_dataset, randomize=False)
+    loader = built.dataloader(train=True, batch_size=64)
     assert len(loader) == len(training_dataset) // 64
     torch.manual_seed(0)
     x, (y, weight) = next(iter(loader))
     assert x["encoder_cont"].shape[0] == 64 and weight is None and len(y) == len(features.TARGETS)
-    in_order, _ = next(iter(batches.dataloader(train=False, batch_size=64)))
+    in_order, _ = next(iter(built.dataloader(train=False, batch_size=64)))
     assert not torch.equal(x["decoder_time_idx"], in_order["decoder_time_idx"])
 
 
@@ -101,8 +101,8 @@ def test_other_normalizers_are_refused(tiny_experiment: evaluation.Experiment) -
     kwargs = features.dataset_kwargs()
     kwargs["target_normalizer"] = MultiNormalizer([EncoderNormalizer() for _ in features.TARGETS])
     dataset = TimeSeriesDataSet(tiny_experiment.train_frame, **kwargs)
-    with pytest.raises(windows.Unsupported, match="target normalizer"):
-        windows.WindowBatches(dataset)
+    with pytest.raises(batches.Unsupported, match="target normalizer"):
+        batches.WindowBatches(dataset)
 
 
 def test_fast_evaluation_path_equals_the_library(tiny_checkpoint: Path, tiny_experiment: evaluation.Experiment) -> None:
