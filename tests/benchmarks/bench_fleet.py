@@ -25,6 +25,7 @@ and renamed. Everything the run writes goes to a temporary directory (``--keep``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sqlite3
@@ -114,10 +115,8 @@ def family_rss(root_pid: int) -> dict[int, int]:
         return {}
     out = {}
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             out[p.pid] = p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return out
 
 
