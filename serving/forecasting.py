@@ -39,6 +39,11 @@ from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
+# servers per chunk of a refresh: the history, tensors and forecasts of one chunk are in memory at a time
+# (100,000 servers x 576 steps read at once would be ~10 GB of Python objects; docs/performance.md "Fleet")
+REFRESH_CHUNK = 5_000
+
+
 def utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
 
@@ -255,38 +260,14 @@ class PredictionEngine:
                 return 0
             started = time.perf_counter()
             servers = self.store.servers_received_since(None if force else self._seen)
-            history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
-            forecasts = self.forecaster.forecast(history) if not history.empty else {}
-            profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
-                self.store, "profile_sources") else {}
             now = utcnow()
-            rows = _server_rows(history) if forecasts else {}
-            sources: dict[str, dict[str, str]] = {}
-            if self.guard is not None:  # serve the better of the model and the best naive
-                by_server = {name: history.iloc[a:b] for name, (a, b) in rows.items()}
-                forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
-            ts_ns = history[schema.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) if forecasts else None
-            values = history[list(schema.METRICS)].to_numpy(dtype=float) if forecasts else None
-            rounded = np.round(values, 2) if values is not None else None
             entries: dict[str, tuple[dict[str, Any], bytes, bytes]] = {}
-            thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
-            stamps = _StampCache()
-            for name, fc in forecasts.items():
-                start, end = rows[name]
-                gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
-                current = {m: float(values[end - 1, k]) for k, m in enumerate(schema.METRICS) if m not in gone}
-                quantiles = {m: q for m, q in fc.quantiles.items() if m not in gone}
-                recent = {m: values[start:end, k] for k, m in enumerate(schema.METRICS) if m not in gone}  # trend
-                server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
-                                                              fc.origin, current, self.alert_config, recent)
-                self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
-                server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
-                if fc.profile not in thresholds:
-                    thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
-                first = max(start, end - self.history_steps)
-                entries[name] = _serialised_entry(fc, ts_ns[first:end], values[end - 1], rounded[first:end],
-                                                  server_alerts, thresholds[fc.profile], sources.get(name), gone,
-                                                  profile_sources.get(name), stamps)
+            sources: dict[str, dict[str, str]] = {}
+            for first in range(0, len(servers), REFRESH_CHUNK):  # bounded memory whatever the fleet size
+                part_entries, part_sources = self._refresh_part(servers[first:first + REFRESH_CHUNK])
+                entries.update(part_entries)
+                sources.update(part_sources)
+            forecasts = entries  # the servers forecast
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
                 self.alerts.clear(name)
@@ -298,6 +279,42 @@ class PredictionEngine:
             self.last_refresh_seconds = time.perf_counter() - started
             logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
             return len(entries)
+
+    def _refresh_part(self, servers: list[str]) -> tuple[dict[str, tuple[dict[str, Any], bytes, bytes]],
+                                                       dict[str, dict[str, str]]]:
+        """History, forecasts, guard, alerts and serialised entries of some servers (one chunk of a refresh)."""
+        history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
+        forecasts = self.forecaster.forecast(history) if not history.empty else {}
+        profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
+            self.store, "profile_sources") else {}
+        rows = _server_rows(history) if forecasts else {}
+        sources: dict[str, dict[str, str]] = {}
+        if self.guard is not None:  # serve the better of the model and the best naive
+            by_server = {name: history.iloc[a:b] for name, (a, b) in rows.items()}
+            forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
+        ts_ns = history[schema.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) if forecasts else None
+        values = history[list(schema.METRICS)].to_numpy(dtype=float) if forecasts else None
+        rounded = np.round(values, 2) if values is not None else None
+        entries: dict[str, tuple[dict[str, Any], bytes, bytes]] = {}
+        thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
+        stamps = _StampCache()
+        for name, fc in forecasts.items():
+            start, end = rows[name]
+            gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
+            current = {m: float(values[end - 1, k]) for k, m in enumerate(schema.METRICS) if m not in gone}
+            quantiles = {m: q for m, q in fc.quantiles.items() if m not in gone}
+            recent = {m: values[start:end, k] for k, m in enumerate(schema.METRICS) if m not in gone}  # trend
+            server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
+                                                          fc.origin, current, self.alert_config, recent)
+            self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+            server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
+            if fc.profile not in thresholds:
+                thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
+            first = max(start, end - self.history_steps)
+            entries[name] = _serialised_entry(fc, ts_ns[first:end], values[end - 1], rounded[first:end],
+                                              server_alerts, thresholds[fc.profile], sources.get(name), gone,
+                                              profile_sources.get(name), stamps)
+        return entries, sources
 
     def _guard_report(self, sources: dict[str, dict[str, str]], dropped: list[str]) -> None:
         """Keep the sources served per server; /health's and /metrics' guard figures."""

@@ -214,9 +214,13 @@ class FeedStore:
         sql_names = names if names is not None and len(names) <= _MAX_IN else None
         cols = [records_table.c[c] for c in schema.COLUMNS]
         ts_col, server_col = records_table.c[schema.TIMESTAMP], records_table.c[schema.SERVER]
+        # a long list is read as the name range it spans (the primary key's order), then filtered in pandas
+        span = (server_col.between(names[0], names[-1]) if names is not None and sql_names is None else None)
         last_q = sa.select(server_col, sa.func.max(ts_col).label("last"))
         if sql_names is not None:
             last_q = last_q.where(server_col.in_(sql_names))
+        elif span is not None:
+            last_q = last_q.where(span)
         last_q = last_q.group_by(server_col)
         window = pd.Timedelta(minutes=schema.STEP_MINUTES * (steps + MAX_GAP_STEPS + 1))
         frames = []
@@ -233,6 +237,8 @@ class FeedStore:
                 whole = names is None and len(group) == len(lasts)
                 if not whole and len(group) <= _MAX_IN:
                     query = query.where(server_col.in_(group))
+                elif not whole:
+                    query = query.where(server_col.between(min(group), max(group)))
                 part = _fetch_frame(conn, query)
                 frames.append(part if whole else part[part[schema.SERVER].isin(group)])
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
