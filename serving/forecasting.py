@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # servers per chunk of a refresh: the history, tensors and forecasts of one chunk are in memory at a time
 # (100,000 servers x 576 steps read at once would be ~10 GB of Python objects; docs/performance.md "Fleet")
 REFRESH_CHUNK = 5_000
+_PAGE_FIELDS = ("server_name", "profile", "risk_level")  # what pages filter and sort on (serving/pages.py)
+FIRST_BATCH_WAIT = 30.0  # seconds a first request waits for a refresh in progress (BentoML times out at 60)
+Serialised = tuple[dict[str, Any], bytes, bytes]  # an entry's fields, its JSON, its JSON with history
 
 
 def utcnow() -> pd.Timestamp:
@@ -234,7 +237,7 @@ class PredictionEngine:
         self.read_steps = history_steps + (schema.STEPS_PER_DAY if guard is not None else 0)
         self._sources: dict[str, dict[str, str]] = {}  # server -> metric -> forecast source served
         self.guard_status: dict[str, Any] | None = None  # /health's "forecast_guard"
-        self._entries: dict[str, dict[str, Any]] = {}  # server -> entry without history
+        self._entries: dict[str, dict[str, Any]] = {}  # server -> the entry's _PAGE_FIELDS
         self._fragments: dict[str, bytes] = {}  # server -> JSON of entry without history
         self._full: dict[str, bytes] = {}  # server -> JSON of entry with history
         self._predictions: bytes | None = None
@@ -264,7 +267,7 @@ class PredictionEngine:
             entries: dict[str, tuple[dict[str, Any], bytes, bytes]] = {}
             sources: dict[str, dict[str, str]] = {}
             for first in range(0, len(servers), REFRESH_CHUNK):  # bounded memory whatever the fleet size
-                part_entries, part_sources = self._refresh_part(servers[first:first + REFRESH_CHUNK])
+                part_entries, part_sources = self._refresh_part(servers[first:first + REFRESH_CHUNK], now)
                 entries.update(part_entries)
                 sources.update(part_sources)
             forecasts = entries  # the servers forecast
@@ -280,9 +283,12 @@ class PredictionEngine:
             logger.info("forecast %d servers in %.2f s", len(entries), self.last_refresh_seconds)
             return len(entries)
 
-    def _refresh_part(self, servers: list[str]) -> tuple[dict[str, tuple[dict[str, Any], bytes, bytes]],
-                                                       dict[str, dict[str, str]]]:
-        """History, forecasts, guard, alerts and serialised entries of some servers (one chunk of a refresh)."""
+    def _refresh_part(self, servers: list[str], now: pd.Timestamp) -> tuple[dict[str, Serialised],
+                                                                            dict[str, dict[str, str]]]:
+        """History, forecasts, guard, alerts and serialised entries of some servers (one chunk of a refresh).
+
+        Entries come back as (the fields pages filter and sort on, JSON, JSON with history): the whole entry
+        goes to the Prometheus exposition here, so a refresh holds one chunk's entries as objects at a time."""
         history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
         forecasts = self.forecaster.forecast(history) if not history.empty else {}
         profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
@@ -314,7 +320,8 @@ class PredictionEngine:
             entries[name] = _serialised_entry(fc, ts_ns[first:end], values[end - 1], rounded[first:end],
                                               server_alerts, thresholds[fc.profile], sources.get(name), gone,
                                               profile_sources.get(name), stamps)
-        return entries, sources
+        self.exposition.update([e[0] for e in entries.values()], [], self.model_info, schema.iso(now))
+        return {name: ({k: e[0][k] for k in _PAGE_FIELDS}, e[1], e[2]) for name, e in entries.items()}, sources
 
     def _guard_report(self, sources: dict[str, dict[str, str]], dropped: list[str]) -> None:
         """Keep the sources served per server; /health's and /metrics' guard figures."""
@@ -365,7 +372,7 @@ class PredictionEngine:
             self._predictions_full = None  # built on first request with include_history
             self._alerts_list = alerts_list
             self._alerts_json = self._alerts_document(self.batch_time)
-        self.exposition.update(slim.values(), dropped, self.model_info, self.batch_time)
+        self.exposition.update((), dropped, self.model_info, self.batch_time)
 
     def _deliver(self) -> None:
         """Hand the active alerts to the delivery (it queues what opened and resolved; never blocks)."""
@@ -391,8 +398,13 @@ class PredictionEngine:
 
     # --- answers -------------------------------------------------------------------------------------
     def ensure_batch(self) -> None:
-        """First request: compute a batch now when none exists yet but the store holds data."""
+        """First request: compute a batch now when none exists yet but the store holds data. A refresh in
+        progress is waited for up to ``FIRST_BATCH_WAIT`` seconds, then the answer is empty (a first batch of
+        100,000 servers takes minutes: an empty answer, not a gateway timeout)."""
         if self.batch_time is None:
+            if not self._refresh_lock.acquire(timeout=FIRST_BATCH_WAIT):
+                return
+            self._refresh_lock.release()
             try:
                 self.refresh()
             except Exception as exc:  # answer with what there is; /health reports degraded

@@ -9,6 +9,13 @@ same windows (the last 24 h of a simulated fleet, tiled to the fleet size):
    above ``--library-max`` (default 10,000: all measured; the library's run at 10,000 takes ~40 s and
    ~9 GB) are extrapolated linearly for the library, and the output says so; the library with the
    service's batch size is printed for reference;
+   then, beside the speed-up at 1,000 servers: the model's FLOPs per series (the fused graph on a batch
+   of full 24 h windows: matmuls as ``torch.utils.flop_counter`` counts them, LSTMs and attention by formula,
+   ``models.fused.forward_flops``), the machine's measured fp32 matmul rate (1,024-square products, 1 and 2
+   threads, ``models.fused.matmul_rate``) and the share of it the service path reaches; and int8 dynamic
+   quantization of the fused graph's ``nn.Linear`` layers (measured, not served): its time at 1,000
+   servers and its P50 MAE on a simulated holdout beside the float model's (``--skip-quant`` to skip;
+   meaningful with a trained ``--model``);
 2. ingest throughput (records/s): 1,000-record batches over loopback HTTP to a ``bentoml serve``
    subprocess, until 1,000 servers x 24 h are stored;
 3. GET /predictions latency p50/p99 with 1,000 servers (same subprocess, after its batch is ready).
