@@ -75,7 +75,7 @@ class Fleet:
         """Every server's record at ``step`` as store rows (server, timestamp, metrics..., status, profile)."""
         ts = pd.Timestamp(self.timestamps[step]).to_pydatetime().strftime("%Y-%m-%d %H:%M:%S.%f")
         vals = np.stack([np.round(self.values[m][:, step], 2) for m in schema.METRICS], axis=1).tolist()
-        return [(name, ts, *vals[self.base_of(i)], "ok", self.profiles[self.base_of(i)])
+        return [(name, ts, *vals[self.base_of(i)], "healthy", self.profiles[self.base_of(i)])
                 for i, name in enumerate(self.names)]
 
     def bodies(self, step: int, batch: int) -> list[bytes]:
@@ -84,7 +84,7 @@ class Fleet:
         tails = []
         for b in range(len(self.base_names)):
             metrics = ",".join(f'"{m}":{self.values[m][b, step]:.2f}' for m in schema.METRICS)
-            tails.append(f'","profile":"{self.profiles[b]}","status":"ok",{metrics}}}')
+            tails.append(f'","profile":"{self.profiles[b]}","status":"healthy",{metrics}}}')
         records = [f'{{"timestamp":"{ts}","server_name":"{name}{tails[self.base_of(i)]}'
                    for i, name in enumerate(self.names)]
         return [('{"records":[' + ",".join(records[k:k + batch]) + "]}").encode()
