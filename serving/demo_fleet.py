@@ -1,4 +1,4 @@
-"""Optional built-in demo fleet: ``models.simulator.LiveFleet`` feeding the service like a shipper would.
+"""Optional built-in demo fleet: ``models.simulator.live.LiveFleet`` feeding the service like a shipper would.
 
 Off by default; ``FLEETCAST_DEMO_FLEET=1`` turns it on (``make demo`` does). Its records go through
 the same path as POST /feed/data (:func:`serving.ingest.ingest_items`: the same validation, the same
@@ -20,7 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from models import schema, simulator
+from models import schema
+from models.simulator.live import LiveFleet
+from models.simulator.server import default_servers
 from serving.background import Periodic
 from serving.ingest import Limits, ingest_items
 from serving.settings import get_settings
@@ -41,8 +43,8 @@ class DemoFleet:
                  step_seconds_: float | None = None, on_ingest: Callable[[int], None] | None = None) -> None:
         self.store = store
         settings = get_settings()
-        servers = servers or simulator.default_servers(settings.demo_servers)
-        self.fleet = simulator.LiveFleet(servers=servers, seed=seed, start=self._resume_at(store, servers))
+        servers = servers or default_servers(settings.demo_servers)
+        self.fleet = LiveFleet(servers=servers, seed=seed, start=self._resume_at(store, servers))
         self.step_seconds = settings.demo_step_seconds if step_seconds_ is None else step_seconds_
         self.on_ingest = on_ingest
         self.steps_emitted = 0

@@ -21,7 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models import schema, simulator
+from models import schema
+from models.simulator.live import baseline_scenario
+from models.simulator.server import SCENARIOS
 from serving import agents, exposition, ingest, model_store, pages, security
 from serving import delivery as alert_delivery
 from serving import demo_fleet as demo
@@ -429,9 +431,8 @@ class ServiceRuntime:
                 "refused": refused}
 
     def scenario(self) -> dict[str, Any]:
-        current = self.demo.scenario if self.demo is not None else {
-            "scenario": "baseline", "servers": [], "duration_hours": None, "started_at": None, "expires_at": None}
-        return {**current, "demo_fleet": self.demo is not None, "available": list(simulator.SCENARIOS)}
+        current = self.demo.scenario if self.demo is not None else baseline_scenario()
+        return {**current, "demo_fleet": self.demo is not None, "available": list(SCENARIOS)}
 
     def set_scenario(self, payload: Any) -> Answer:
         if self.demo is None:
@@ -443,9 +444,9 @@ class ServiceRuntime:
             msgs = "; ".join(f"{'.'.join(str(x)[:40] for x in e['loc']) or 'body'}: {e['msg']}"
                              for e in exc.errors(include_url=False, include_input=False))
             return error(422, msgs)
-        if req.scenario not in simulator.SCENARIOS:
+        if req.scenario not in SCENARIOS:
             return error(422, f"scenario: unknown scenario {req.scenario!r}; available: "
-                              f"{', '.join(simulator.SCENARIOS)}")
+                              f"{', '.join(SCENARIOS)}")
         try:
             active = self.demo.set_scenario(req.scenario, req.servers, req.duration_hours)
         except ValueError as exc:

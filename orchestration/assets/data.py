@@ -1,4 +1,4 @@
-"""Data assets: the simulated fleet dataset and its incident labels (thin glue over models.simulator).
+"""Data assets: the simulated fleet dataset and its incident labels (thin glue over models.simulator.dataset).
 
 One generator run yields both, so they are one multi-asset; its op is named after the dataset, so the
 Launchpad's config key (``ops.fleet_dataset.config``) is the name the UI shows.
@@ -14,7 +14,8 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from models import config as settings
 from models import schema
-from models.simulator import generate_fleet, plot_fleet_sample, profile_summary
+from models.simulator.dataset import generate_fleet
+from models.simulator.summary import plot_fleet_sample, profile_summary
 from models.validation import FleetDatasetModel
 from orchestration.resources import PARQUET_IO_MANAGER
 

@@ -1,6 +1,6 @@
 """Evaluation assets (group "training"): the trained TFT against the baselines on experiment_split's windows.
 
-Thin glue over models.evaluation (windows, metrics, plots, variable importance); results go to the
+Thin glue over models.evaluation (metrics, plots, importance); results go to the
 model's MLflow run through the ``mlflow`` resource.
 """
 

@@ -37,7 +37,7 @@ import cramjam
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
-from fleetcast_testkit.serve import served  # noqa: E402
+from fleetcast_testkit.serve import served, service_env  # noqa: E402
 
 CPUS, MODES = 4, ("user", "system", "idle", "iowait", "nice", "irq", "softirq", "steal")
 START = time.time() - 2 * 86400  # two days ago, one sample time per second from there
@@ -48,10 +48,8 @@ def serving() -> Iterator[str]:
     """The checkout's ``bentoml serve`` (ingest only: no model) on a free loopback port; its URL."""
     with tempfile.TemporaryDirectory(prefix="fleetcast-bench-ingest-") as tmp:
         tmp_path = Path(tmp)
-        env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
-                   FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH="",
-                   FLEETCAST_MODEL_POLL_SECONDS="0", FLEETCAST_RATE_LIMIT_PER_SECOND="0",
-                   FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="3600")
+        env = service_env(tmp_path, FLEETCAST_MODEL_PATH="", FLEETCAST_MODEL_POLL_SECONDS="0",
+                          FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_REFRESH_SECONDS="3600")
         with served(tmp_path / "serve.log", env) as server:
             yield server.url
 

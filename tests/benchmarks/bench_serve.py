@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +40,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
-from fleetcast_testkit import free_port  # noqa: E402
+from fleetcast_testkit.serve import served, service_env  # noqa: E402
 
-from models import config, features, schema, simulator, tft  # noqa: E402
+from models import features, schema, simulator, tft  # noqa: E402
 
 SIZES = (20, 1_000, 10_000)
 LIBRARY_BATCH = 64  # model.predict()'s default batch size
@@ -185,36 +183,10 @@ def serving(forecaster: tft.Forecaster) -> Iterator[httpx.Client]:
         tmp_path = Path(tmp)
         checkpoint = tmp_path / "model.pt"
         forecaster.save(checkpoint)
-        env = dict(os.environ, FLEETCAST_DATA_DIR=str(tmp_path), BENTOML_HOME=str(tmp_path / "bentoml"),
-                   FLEETCAST_STORE_URL=f"sqlite:///{tmp_path / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
-                   FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5")
-        port = free_port()
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=config.PROJECT_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-                deadline = time.monotonic() + 180
-                while True:
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("bentoml serve did not start; see its log")
-                    time.sleep(0.5)
-                yield client
-        finally:
-            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            for p in family:
-                if p.is_running():
-                    p.kill()
-            log.close()
+        env = service_env(tmp_path, FLEETCAST_MODEL_PATH=str(checkpoint), FLEETCAST_RATE_LIMIT_PER_SECOND="0",
+                          FLEETCAST_REFRESH_SECONDS="5")
+        with served(tmp_path / "serve.log", env) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+            yield client
 
 
 def feed_and_wait(client: httpx.Client, history: pd.DataFrame) -> tuple[int, int, float, float]:

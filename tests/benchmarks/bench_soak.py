@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # flee
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serve's model loader
 from bench_serve import load_model  # noqa: E402
 from fleetcast_testkit import free_port  # noqa: E402
-from fleetcast_testkit.serve import fleetcast_serve_command, kill_group, listening, served  # noqa: E402
+from fleetcast_testkit.serve import fleetcast_serve_command, kill_group, listening, served, service_env  # noqa: E402
 
 from models import schema, simulator  # noqa: E402
 from serving.store import FeedStore  # noqa: E402
@@ -169,9 +169,7 @@ def main() -> None:
         state = Path(tmp)
         checkpoint = state / "model.pt"
         forecaster.save(checkpoint)
-        env = dict(os.environ, FLEETCAST_DATA_DIR=str(state), BENTOML_HOME=str(state / "bentoml"),
-                   FLEETCAST_STORE_URL=f"sqlite:///{state / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
-                   FLEETCAST_DEMO_FLEET="0", BENTOML_DO_NOT_TRACK="true")
+        env = service_env(state, FLEETCAST_MODEL_PATH=str(checkpoint), BENTOML_DO_NOT_TRACK="true")
         env.pop("FLEETCAST_API_TOKEN", None)
         port = free_port()
         url = f"http://127.0.0.1:{port}"

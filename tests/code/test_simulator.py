@@ -241,13 +241,13 @@ def _raw(n: int = 600, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_each_real_shape_has_its_signature() -> None:
-    from models.simulator import REAL_SHAPES, _apply_shape
+    from models.simulator.shapes import REAL_SHAPES, apply_shape
 
     rng = np.random.default_rng(5)
     seen: dict[str, dict[str, np.ndarray]] = {}
     for kind in REAL_SHAPES:
         m = _raw()
-        _apply_shape(kind, m, rng)
+        apply_shape(kind, m, rng)
         seen[kind] = m
     mid = slice(6, -6)  # away from the ~10 min fade in/out
     idle = seen["idle_plateau"]

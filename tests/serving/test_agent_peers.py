@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import httpx
 import psutil
 import pytest
 from fleetcast_testkit import free_port
-from fleetcast_testkit.promstack import Prometheus, require
+from fleetcast_testkit.promstack import Command, Prometheus, require
 from fleetcast_testkit.standin import StandinService
 
 from models import schema
@@ -106,33 +105,13 @@ def wait_for_this_machine(service: StandinService, readings: ProcReadings, peer:
     return entry
 
 
-class _Peer:
-    """A Debian peer process with its log; stopped on exit."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-
-
 def test_prometheus_remote_write_from_node_exporter(service: StandinService, tmp_path: Path) -> None:
     readings = ProcReadings()
     port = free_port()
-    exporter = _Peer([require(NODE_EXPORTER_BIN, "prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}",
-                      "--collector.disable-defaults", "--collector.cpu", "--collector.meminfo",
-                      "--collector.filesystem", "--collector.loadavg"], tmp_path / "node-exporter.log")
+    exporter = Command("node-exporter", [require(NODE_EXPORTER_BIN, "prometheus-node-exporter"),
+                                         f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+                                         "--collector.cpu", "--collector.meminfo", "--collector.filesystem",
+                                         "--collector.loadavg"], tmp_path, port=port, ready_path="/metrics")
     config = f"""
 global:
   scrape_interval: 1s
@@ -145,14 +124,12 @@ remote_write:
   - url: {service.url}/api/v1/write
     queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms}}
 """
-    try:
+    with exporter:
         with Prometheus(tmp_path / "prometheus", config) as prometheus:
             wait_for_this_machine(service, readings, lambda: prometheus.tail() + exporter.tail())
         counts = httpx.get(service.url + "/health", timeout=30).json()["agents"]["remote_write"]
         assert counts["records_stored"] > 0 and counts["records_rejected"] == 0, counts
         assert counts["samples_ignored"] > 0  # node_exporter's other series (scrape_duration_seconds, ...)
-    finally:
-        exporter.stop()
 
 
 def test_collectd_write_http(service: StandinService, tmp_path: Path) -> None:
@@ -198,13 +175,10 @@ LoadPlugin write_http
   </Node>
 </Plugin>
 """)
-    collectd = _Peer([require(COLLECTD_BIN, "collectd-core"), "-f", "-C", str(config)], tmp_path / "collectd.log")
-    try:
+    with Command("collectd", [require(COLLECTD_BIN, "collectd-core"), "-f", "-C", str(config)], tmp_path) as collectd:
         wait_for_this_machine(service, readings, collectd.tail)
         counts = httpx.get(service.url + "/health", timeout=30).json()["agents"]["collectd"]
         assert counts["records_stored"] > 0 and counts["records_rejected"] == 0, counts
-    finally:
-        collectd.stop()
 
 
 @pytest.mark.parametrize("encoding", ["protobuf", "json"])

@@ -53,6 +53,9 @@ def test_bentoml_build_records_the_model_and_only_the_service_stack(isolated_env
     assert info["service"] == "serving.service:Fleetcast"
     service_models = [m["tag"] for m in info["services"][0]["models"]]
     assert service_models == [str(model.tag)]  # declared on the service class, resolved to the version
+    # the source the service imports, subpackages included (the demo fleet is models/simulator/live.py)
+    for module in ("serving/service.py", "models/schema.py", "models/simulator/live.py", "models/simulator/server.py"):
+        assert (bento / "src" / module).is_file(), module
 
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     names = _names(requirements)

@@ -8,7 +8,10 @@ scripts add it themselves.
   client sends from this process (it identifies itself as ``fleetcast-dashboard``);
 - ``fleetcast_testkit.standin``: the real service with a synthetic forecaster, over real HTTP;
 - ``fleetcast_testkit.promstack``: real Alertmanager and Prometheus (Debian's packages) on free loopback
-  ports, a webhook receiver, and the real service under uvicorn on a loopback port.
+  ports, any other peer binary by its command line (``Command``: node_exporter, collectd), a webhook
+  receiver, and the real service under uvicorn on a loopback port;
+- ``fleetcast_testkit.serve``: a real ``bentoml serve`` / ``fleetcast serve`` subprocess (``served``),
+  its environment with all state in one directory (``service_env``), the hard kill of its group.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 - :class:`Alertmanager`: Debian's ``prometheus-alertmanager`` (temp storage, no cluster);
 - :class:`Prometheus`: Debian's ``prometheus`` (temp TSDB), scraping whatever its config says;
+- :class:`Command`: any other peer binary by its command line (node_exporter, collectd, ...);
+  all three are a :class:`PeerProcess` (log in its work dir, ready check, stopped on exit);
 - :class:`Receiver`: a small HTTP server that records the JSON bodies POSTed to it (a webhook receiver:
   what Alertmanager or fleetcast's webhook delivery send), and can answer with a chosen status;
 - :class:`LiveService`: an ASGI app (the real fleetcast service) under uvicorn on a loopback port, so
@@ -39,11 +41,12 @@ def require(binary: str | None, package: str) -> str:
     return binary
 
 
-class _Process:
-    """A peer process with its log in ``workdir``; ready when ``GET <url><ready_path>`` answers 200."""
+class PeerProcess:
+    """A peer process in a session of its own, its log at ``<workdir>/<name>.log``; ready when
+    ``GET <url><ready_path>`` answers 200 (at once when ``ready_path`` is None); stopped on exit."""
 
     name = "peer"
-    ready_path = "/-/ready"
+    ready_path: str | None = "/-/ready"
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)
@@ -59,7 +62,7 @@ class _Process:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout: float = 60.0) -> _Process:
+    def start(self, timeout: float = 60.0) -> PeerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                          start_new_session=True)
@@ -67,6 +70,8 @@ class _Process:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+            if self.ready_path is None:
+                return self
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
@@ -96,7 +101,21 @@ class _Process:
         self.stop()
 
 
-class Alertmanager(_Process):
+class Command(PeerProcess):
+    """Any peer given by its command line ``argv`` (``port``: where it listens, if it does)."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, port: int | None = None,
+                 ready_path: str | None = None) -> None:
+        self.name = name
+        self.ready_path = ready_path
+        self._argv = list(argv)
+        super().__init__(workdir, port)
+
+    def argv(self) -> list[str]:
+        return self._argv
+
+
+class Alertmanager(PeerProcess):
     name = "alertmanager"
 
     def __init__(self, workdir: Path, port: int | None = None, config: str | None = None) -> None:
@@ -118,7 +137,7 @@ class Alertmanager(_Process):
         return [a for a in found if all(a["labels"].get(k) == v for k, v in labels.items())]
 
 
-class Prometheus(_Process):
+class Prometheus(PeerProcess):
     name = "prometheus"
 
     def __init__(self, workdir: Path, config: str, rules: str | None = None, port: int | None = None) -> None:

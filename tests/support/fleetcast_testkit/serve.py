@@ -4,6 +4,7 @@ that need the real server: uvicorn as BentoML runs it, the worker process, real 
 :func:`served` starts it, waits for ``/readyz`` and always stops it: SIGTERM to its group, then SIGKILL to
 whatever of its process tree is left (recorded while it ran: BentoML's workers sit in sessions of
 their own). :func:`kill_group` is the hard kill the durability tests need (``kill -9 -<pgid>``).
+:func:`service_env` is the environment of a server whose state all lives in one directory.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class Served:
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.family if p.pid != self.proc.pid]
+
+
+def service_env(state: Path, **overrides: str) -> dict[str, str]:
+    """This process's environment with the service's state under ``state`` (data dir, BentoML home, feed
+    store) and no demo fleet; ``overrides`` (e.g. ``FLEETCAST_MODEL_PATH``) are set last."""
+    return {**os.environ, "FLEETCAST_DATA_DIR": str(state), "BENTOML_HOME": str(state / "bentoml"),
+            "FLEETCAST_STORE_URL": f"sqlite:///{state / 'feed.db'}", "FLEETCAST_DEMO_FLEET": "0", **overrides}
 
 
 def bentoml_command(host: str, port: int) -> list[str]:
