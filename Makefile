@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench-data bench-train bench-serve bench-real bench-real-retrain bench-fallbacks bench-dashboard \
-        bench-soak bench-alerts calibrate-alerts bench-ingest debian-packages chromium clean
+        bench-soak bench-alerts calibrate-alerts bench-ingest bench-fleet debian-packages chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,11 @@ bench-real-retrain: install
 # ingest throughput per format (remote write, OTLP protobuf/JSON, collectd JSON, fleetcast JSON) over loopback
 bench-ingest: install
 	$(BIN)/python tests/benchmarks/bench_ingest.py
+
+# 100,000 servers on one service (SERVERS=10000 for a quicker run); figures in docs/performance.md
+SERVERS ?= 100000
+bench-fleet: install
+	$(BIN)/python tests/benchmarks/bench_fleet.py --servers $(SERVERS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -304,3 +304,62 @@ class FusedTFT(nn.Module):
         output = m.pre_output_gate_norm(m.pos_wise_ff(attn_output), lstm_output[:, enc:])
         output = [layer(output) for layer in m.output_layer] if m.n_targets > 1 else m.output_layer(output)
         return m.transform_output(output, target_scale=x["target_scale"])
+
+
+# --- cost ---------------------------------------------------------------------------------------------
+def forward_flops(network: FusedTFT, x: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Floating-point operations of one ``network(x)`` call, per series of the batch, by kind.
+
+    ``matmul``: every matrix product, as :class:`torch.utils.flop_counter.FlopCounterMode` counts them
+    (2 per multiply-add). It has no formula for the CPU LSTM kernel nor the CPU attention kernel, so
+    those are counted here the same way: ``lstm``, per layer and step ``2 * 4h * (in + h)`` (the four
+    gates' products); ``attention``, per head ``2 * Lq * L * d_k`` for the scores plus as much for the
+    weighted values. Element-wise work (activations, norms, softmax) is left out: it is memory-bound,
+    not what a matmul rate limits.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = network.model
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:  # the counter's module tracker needs autograd's mode, not inference_mode
+        network(x)
+    batch = int(x["encoder_lengths"].shape[0])
+    counted = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    matmul = sum(v for k, v in counted.items() if "scaled_dot_product" not in k)
+    encoder_steps = float(x["encoder_lengths"].float().sum())
+    decoder_steps = float(x["decoder_lengths"].float().sum())
+    lstm = 0.0
+    for module, steps in ((m.lstm_encoder, encoder_steps), (m.lstm_decoder, decoder_steps)):
+        h = module.hidden_size
+        for layer in range(module.num_layers):
+            width = module.input_size if layer == 0 else h
+            lstm += steps * 2 * 4 * h * (width + h)
+    lq = int(x["decoder_lengths"].max())
+    length = int(x["encoder_lengths"].max()) + lq
+    attention = batch * network.attention.n_head * 2 * 2 * lq * length * network.attention.d_k
+    return {"matmul": matmul / batch, "lstm": lstm / batch, "attention": attention / batch,
+            "total": (matmul + lstm + attention) / batch}
+
+
+def matmul_rate(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's measured fp32 matrix-multiply rate in FLOP/s: square ``size`` products on ``threads``
+    intra-op threads, best of repeated runs over about ``seconds`` (torch's threads restored afterwards)."""
+    import time
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        out = torch.empty(size, size)
+        torch.mm(a, b, out=out)  # warm-up
+        best = math.inf
+        deadline = time.perf_counter() + seconds
+        while True:
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                break
+        return 2.0 * size**3 / best
+    finally:
+        torch.set_num_threads(previous)

@@ -40,6 +40,14 @@ from serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
+# servers per chunk of a refresh: the history, tensors and forecasts of one chunk are in memory at a time
+# (100,000 servers x 576 steps read at once would be ~10 GB of Python objects; docs/performance.md "Fleet")
+REFRESH_CHUNK = 5_000
+_PAGE_FIELDS = ("server_name", "profile", "risk_level")  # what pages filter and sort on (serving/pages.py)
+FIRST_BATCH_WAIT = 30.0  # seconds a first request waits for a refresh in progress (BentoML times out at 60)
+Serialised = tuple[dict[str, Any], bytes, bytes]  # an entry's fields, its JSON, its JSON with history
+
+
 def utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
 
@@ -115,9 +123,18 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
     if thresholds is None:
         thresholds = rule_thresholds(alert_rules.load_config(), fc.profile)
     last = history.iloc[-1]
-    reported = [m for m in schema.METRICS if m not in missing]
     current: dict[str, Any] = {m: (None if m in missing else round(float(last[m]), 2)) for m in schema.METRICS}
     current["timestamp"] = schema.iso(last[schema.TIMESTAMP])
+    entry = _entry_fields(fc, current, server_alerts, thresholds, sources, missing, profile_source)
+    entry["history"] = _history_block(history, missing)
+    return entry
+
+
+def _entry_fields(fc: ServerForecast, current: dict[str, Any], server_alerts: list[dict[str, Any]],
+                  thresholds: dict[str, dict[str, float]], sources: dict[str, str] | None,
+                  missing: tuple[str, ...], profile_source: str | None) -> dict[str, Any]:
+    """Everything of a GET /predictions element but its history."""
+    reported = [m for m in schema.METRICS if m not in missing]
     predicted: dict[str, Any] = {m: (None if m in missing else round(float(fc.quantiles[m][-1, 1]), 2))
                                  for m in schema.METRICS}
     predicted["timestamp"] = schema.iso(fc.timestamps[-1])
@@ -139,8 +156,63 @@ def build_entry(fc: ServerForecast, history: pd.DataFrame, server_alerts: list[d
         "history_steps": int(fc.history_steps),
         "forecast_source": {m: (sources or {}).get(m, "model") for m in reported},
         "forecast": forecast,
-        "history": _history_block(history, missing),
     }
+
+
+def _server_rows(history: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{server: (first row, end row)}`` of a history sorted by server (each server's rows contiguous)."""
+    names = history[schema.SERVER].to_numpy()
+    if not len(names):
+        return {}
+    cuts = np.flatnonzero(names[1:] != names[:-1]) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(names)]])
+    out = {str(names[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+    if len(out) != len(starts):
+        raise ValueError("history rows of a server are not contiguous")
+    return out
+
+
+class _StampCache:
+    """JSON of a run of regular 5-minute timestamps (what every server of a live fleet shares), by run."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[int, int], str] = {}
+
+    def json(self, ts_ns: np.ndarray) -> str:
+        n = len(ts_ns)
+        regular = n > 0 and int(ts_ns[-1]) - int(ts_ns[0]) == (n - 1) * int(schema.STEP.value)
+        if not regular:
+            return json.dumps(schema.iso_many(ts_ns.astype("datetime64[ns]")), separators=(",", ":"))
+        key = (int(ts_ns[-1]), n)
+        if key not in self._runs:
+            self._runs[key] = json.dumps(schema.iso_many(ts_ns.astype("datetime64[ns]")), separators=(",", ":"))
+        return self._runs[key]
+
+
+def _serialised_entry(fc: ServerForecast, ts_ns: np.ndarray, last: np.ndarray, rounded: np.ndarray,
+                      server_alerts: list[dict[str, Any]], thresholds: dict[str, dict[str, float]],
+                      sources: dict[str, str] | None, missing: tuple[str, ...], profile_source: str | None,
+                      stamps: _StampCache) -> tuple[dict[str, Any], bytes, bytes]:
+    """:func:`build_entry` from arrays, serialised: (entry without history, its JSON, JSON with history).
+
+    ``ts_ns`` (int64 ns) and ``rounded`` (values rounded to 2 places, [steps, metric]) are the server's
+    history rows the answer shows, ``last`` its latest unrounded values. Gives the same bytes as
+    ``json.dumps(build_entry(...))`` (``tests/serving/test_forecasting.py``) with one encoding of the
+    forecast instead of two, the history's timestamps encoded once per distinct run, no per-server frame."""
+    last_ts = pd.Timestamp(int(ts_ns[-1]))
+    current: dict[str, Any] = {m: (None if m in missing else round(float(last[k]), 2))
+                               for k, m in enumerate(schema.METRICS)}
+    current["timestamp"] = schema.iso(last_ts)
+    entry = _entry_fields(fc, current, server_alerts, thresholds, sources, missing, profile_source)
+    slim = json.dumps(entry, separators=(",", ":")).encode()
+    parts = [f'{{"timestamps":{stamps.json(ts_ns)}']
+    for k, m in enumerate(schema.METRICS):
+        parts.append(f',"{m}":' + ("null" if m in missing else json.dumps(rounded[:, k].tolist(),
+                                                                           separators=(",", ":"))))
+    parts.append("}")
+    full = slim[:-1] + b',"history":' + "".join(parts).encode() + b"}"
+    return entry, slim, full
 
 
 def _sort_key(entry: dict[str, Any]) -> tuple[int, str]:
@@ -166,7 +238,7 @@ class PredictionEngine:
         self.read_steps = history_steps + (schema.STEPS_PER_DAY if guard is not None else 0)
         self._sources: dict[str, dict[str, str]] = {}  # server -> metric -> forecast source served
         self.guard_status: dict[str, Any] | None = None  # /health's "forecast_guard"
-        self._entries: dict[str, dict[str, Any]] = {}  # server -> entry without history
+        self._entries: dict[str, dict[str, Any]] = {}  # server -> the entry's _PAGE_FIELDS
         self._fragments: dict[str, bytes] = {}  # server -> JSON of entry without history
         self._full: dict[str, bytes] = {}  # server -> JSON of entry with history
         self._predictions: bytes | None = None
@@ -192,41 +264,14 @@ class PredictionEngine:
                 return 0
             started = time.perf_counter()
             servers = self.store.servers_received_since(None if force else self._seen)
-            history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
-            forecasts = self.forecaster.forecast(history) if not history.empty else {}
-            profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
-                self.store, "profile_sources") else {}
             now = utcnow()
-            by_server = dict(tuple(history.groupby(schema.SERVER, sort=False))) if forecasts else {}
+            entries: dict[str, tuple[dict[str, Any], bytes, bytes]] = {}
             sources: dict[str, dict[str, str]] = {}
-            if self.guard is not None:  # serve the better of the model and the best naive
-                forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
-            entries: dict[str, dict[str, Any]] = {}
-            thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
-            opened: dict[str, list[str]] = {}  # server -> alert types that opened on the model's forecast
-            for name, fc in forecasts.items():
-                h = by_server[name]
-                gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
-                current = {m: float(h[m].iloc[-1]) for m in schema.METRICS if m not in gone}
-                quantiles = {m: q for m, q in fc.quantiles.items() if m not in gone}
-                recent = {m: h[m].to_numpy(dtype=float) for m in schema.METRICS if m not in gone}  # trend
-                server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
-                                                              fc.origin, current, self.alert_config, recent)
-                types = self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
-                by_type = {a["alert_type"]: a for a in self.alerts.for_server(name)}
-                new = [t for t in types if t in by_type and not by_type[t].get("already_above")
-                       and sources.get(name, {}).get(by_type[t]["metric"], MODEL_SOURCE) == MODEL_SOURCE]
-                if new:
-                    opened[name] = new
-            self._add_drivers(history, opened)
-            for name, fc in forecasts.items():
-                h = by_server[name]
-                gone = missing.get(name, ())
-                server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
-                if fc.profile not in thresholds:
-                    thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
-                entries[name] = build_entry(fc, h.tail(self.history_steps), server_alerts, thresholds[fc.profile],
-                                            sources.get(name), gone, profile_sources.get(name))
+            for first in range(0, len(servers), REFRESH_CHUNK):  # bounded memory whatever the fleet size
+                part_entries, part_sources = self._refresh_part(servers[first:first + REFRESH_CHUNK], now)
+                entries.update(part_entries)
+                sources.update(part_sources)
+            forecasts = entries  # the servers forecast
             dropped = [s for s in servers if s not in forecasts]  # too little usable history now
             for name in dropped:
                 self.alerts.clear(name)
@@ -256,6 +301,56 @@ class PredictionEngine:
                 for alert_type in types:
                     self.alerts.annotate(name, alert_type, explained)
 
+    def _refresh_part(self, servers: list[str], now: pd.Timestamp) -> tuple[dict[str, Serialised],
+                                                                            dict[str, dict[str, str]]]:
+        """History, forecasts, guard, alerts and serialised entries of some servers (one chunk of a refresh).
+
+        Entries come back as (the fields pages filter and sort on, JSON, JSON with history): the whole entry
+        goes to the Prometheus exposition here, so a refresh holds one chunk's entries as objects at a time."""
+        history, missing = fill_missing_metrics(self.store.history(servers, steps=self.read_steps))
+        forecasts = self.forecaster.forecast(history) if not history.empty else {}
+        profile_sources = self.store.profile_sources(forecasts) if forecasts and hasattr(
+            self.store, "profile_sources") else {}
+        rows = _server_rows(history) if forecasts else {}
+        sources: dict[str, dict[str, str]] = {}
+        if self.guard is not None:  # serve the better of the model and the best naive
+            by_server = {name: history.iloc[a:b] for name, (a, b) in rows.items()}
+            forecasts, sources = self.guard.apply(forecasts, by_server, self.forecaster)
+        ts_ns = history[schema.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) if forecasts else None
+        values = history[list(schema.METRICS)].to_numpy(dtype=float) if forecasts else None
+        rounded = np.round(values, 2) if values is not None else None
+        entries: dict[str, tuple[dict[str, Any], bytes, bytes]] = {}
+        thresholds: dict[str, dict[str, dict[str, float]]] = {}  # per profile
+        stamps = _StampCache()
+        opened: dict[str, list[str]] = {}  # server -> alert types that opened on the model's forecast
+        for name, fc in forecasts.items():
+            start, end = rows[name]
+            gone = missing.get(name, ())  # never reported: no alert on a value that was filled in
+            current = {m: float(values[end - 1, k]) for k, m in enumerate(schema.METRICS) if m not in gone}
+            quantiles = {m: q for m, q in fc.quantiles.items() if m not in gone}
+            recent = {m: values[start:end, k] for k, m in enumerate(schema.METRICS) if m not in gone}  # trend
+            server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
+                                                          fc.origin, current, self.alert_config, recent)
+            types = self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+            by_type = {a["alert_type"]: a for a in self.alerts.for_server(name)}
+            new = [t for t in types if t in by_type and not by_type[t].get("already_above")
+                   and sources.get(name, {}).get(by_type[t]["metric"], MODEL_SOURCE) == MODEL_SOURCE]
+            if new:
+                opened[name] = new
+        self._add_drivers(history, opened)
+        for name, fc in forecasts.items():
+            start, end = rows[name]
+            gone = missing.get(name, ())
+            server_alerts = self.alerts.for_server(name)  # what the book holds open (persistence)
+            if fc.profile not in thresholds:
+                thresholds[fc.profile] = rule_thresholds(self.alert_config, fc.profile)
+            first = max(start, end - self.history_steps)
+            entries[name] = _serialised_entry(fc, ts_ns[first:end], values[end - 1], rounded[first:end],
+                                              server_alerts, thresholds[fc.profile], sources.get(name), gone,
+                                              profile_sources.get(name), stamps)
+        self.exposition.update([e[0] for e in entries.values()], [], self.model_info, schema.iso(now))
+        return {name: ({k: e[0][k] for k in _PAGE_FIELDS}, e[1], e[2]) for name, e in entries.items()}, sources
+
     def _guard_report(self, sources: dict[str, dict[str, str]], dropped: list[str]) -> None:
         """Keep the sources served per server; /health's and /metrics' guard figures."""
         if self.guard is None:
@@ -280,30 +375,32 @@ class PredictionEngine:
                 self.guard.use_model(model_info)
         return self.refresh(force=True)
 
-    def _publish(self, entries: dict[str, dict[str, Any]], dropped: list[str], now: pd.Timestamp) -> None:
-        fragments = {}
-        full = {}
-        for name, entry in entries.items():
-            full[name] = json.dumps(entry, separators=(",", ":")).encode()
-            slim = {k: v for k, v in entry.items() if k != "history"}
-            fragments[name] = json.dumps(slim, separators=(",", ":")).encode()
-            entries[name] = slim
+    def _publish(self, entries: dict[str, tuple[dict[str, Any], bytes, bytes]], dropped: list[str],
+                 now: pd.Timestamp) -> None:
+        """Swap in the new answers. The dicts are replaced, never changed in place, so a reader that took
+        them under the lock joins its page outside it; the whole unpaged document is built on its first
+        request (at 100,000 servers it is about a gigabyte that a paging client never asks for)."""
+        slim = {name: e[0] for name, e in entries.items()}
         with self._lock:
-            for name in dropped:
-                for d in (self._entries, self._fragments, self._full):
-                    d.pop(name, None)
-            self._entries.update(entries)
-            self._fragments.update(fragments)
-            self._full.update(full)
+            current = (self._entries, self._fragments, self._full)
+        new_entries, new_fragments, new_full = (dict(d) for d in current)
+        for name in dropped:
+            for d in (new_entries, new_fragments, new_full):
+                d.pop(name, None)
+        new_entries.update(slim)
+        new_fragments.update((name, e[1]) for name, e in entries.items())
+        new_full.update((name, e[2]) for name, e in entries.items())
+        order = [e["server_name"] for e in sorted(new_entries.values(), key=_sort_key)]
+        alerts_list = self.alerts.all()
+        with self._lock:
+            self._entries, self._fragments, self._full = new_entries, new_fragments, new_full
             self.batch_time = schema.iso(now)
-            order = sorted(self._entries.values(), key=_sort_key)
-            names = [e["server_name"] for e in order]
-            self._order = names
-            self._predictions = self._document(b",".join(self._fragments[n] for n in names))
+            self._order = order
+            self._predictions = None  # built on the first unpaged request
             self._predictions_full = None  # built on first request with include_history
-            self._alerts_list = self.alerts.all()
+            self._alerts_list = alerts_list
             self._alerts_json = self._alerts_document(self.batch_time)
-        self.exposition.update(entries.values(), dropped, self.model_info, self.batch_time)
+        self.exposition.update((), dropped, self.model_info, self.batch_time)
 
     def _deliver(self) -> None:
         """Hand the active alerts to the delivery (it queues what opened and resolved; never blocks)."""
@@ -314,8 +411,11 @@ class PredictionEngine:
         except Exception:  # delivery must never cost a forecast
             logger.exception("alert delivery could not take this refresh's alerts")
 
-    def _document(self, body: bytes, page: pages.Page | None = None) -> bytes:
-        fields: dict[str, Any] = {"timestamp": self.batch_time, "model": self.model_info}
+    def _document_fields(self) -> dict[str, Any]:
+        return {"timestamp": self.batch_time, "model": self.model_info}
+
+    def _document(self, body: bytes, page: pages.Page | None = None, fields: dict[str, Any] | None = None) -> bytes:
+        fields = dict(fields if fields is not None else self._document_fields())
         if page is not None:
             fields.update(total=page.total, next_offset=page.next_offset)
         tail = json.dumps(fields, separators=(",", ":"))
@@ -326,8 +426,13 @@ class PredictionEngine:
 
     # --- answers -------------------------------------------------------------------------------------
     def ensure_batch(self) -> None:
-        """First request: compute a batch now when none exists yet but the store holds data."""
-        if self._predictions is None:
+        """First request: compute a batch now when none exists yet but the store holds data. A refresh in
+        progress is waited for up to ``FIRST_BATCH_WAIT`` seconds, then the answer is empty (a first batch of
+        100,000 servers takes minutes: an empty answer, not a gateway timeout)."""
+        if self.batch_time is None:
+            if not self._refresh_lock.acquire(timeout=FIRST_BATCH_WAIT):
+                return
+            self._refresh_lock.release()
             try:
                 self.refresh()
             except Exception as exc:  # answer with what there is; /health reports degraded
@@ -338,22 +443,33 @@ class PredictionEngine:
         self.ensure_batch()
         with self._lock:
             self.predictions_served += 1
-            if self._predictions is None:
+            if self.batch_time is None:
                 return self._document(b"")
             if not include_history:
+                if self._predictions is None:
+                    self._predictions = self._document(b",".join(self._fragments[n] for n in self._order))
                 return self._predictions
             if self._predictions_full is None:
                 self._predictions_full = self._document(b",".join(self._full[n] for n in self._order))
             return self._predictions_full
 
     def predictions_page(self, query: pages.Query, include_history: bool = False) -> bytes:
-        """One page of ``GET /predictions`` (``serving/pages.py``): joined from the per-server fragments."""
+        """One page of ``GET /predictions`` (``serving/pages.py``): joined from the per-server fragments.
+
+        The batch's answers are taken under the lock and the page is selected outside it (a refresh
+        replaces them, never changes them in place); a page without filters is a slice of the answer order."""
         self.ensure_batch()
         with self._lock:
             self.predictions_served += 1
-            page = pages.select(self._order, query, self._entries.__getitem__, "risk_level")
+            order, entries = self._order, self._entries
             source = self._full if include_history else self._fragments
-            return self._document(b",".join(source[n] for n in page.items), page)
+            fields = self._document_fields()
+        if query.levels is None and query.profiles is None and query.server_prefix is None:
+            end = len(order) if query.limit is None else query.offset + query.limit
+            page = pages.Page(order[query.offset:end], len(order), end if end < len(order) else None)
+        else:
+            page = pages.select(order, query, entries.__getitem__, "risk_level")
+        return self._document(b",".join(source[n] for n in page.items), page, fields)
 
     def server_json(self, server_name: str) -> bytes | None:
         self.ensure_batch()

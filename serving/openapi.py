@@ -145,6 +145,7 @@ class Health(BaseModel):
     model_loaded: bool
     predictions_served: int
     last_prediction: str | None
+    last_refresh_seconds: float | None
     model: dict[str, Any]
     servers_tracked: int
     records_stored: int

@@ -398,6 +398,8 @@ class ServiceRuntime:
             "model_loaded": engine is not None,
             "predictions_served": engine.predictions_served if engine else 0,
             "last_prediction": engine.batch_time if engine else None,
+            "last_refresh_seconds": (round(engine.last_refresh_seconds, 2)
+                                     if engine and engine.last_refresh_seconds is not None else None),
             "model": {k: self.model_info.get(k) for k in ("name", "version", "run_id", "source")},
             "servers_tracked": engine.servers_tracked if engine else 0,
             "records_stored": self.store.count(),

@@ -127,3 +127,22 @@ def test_real_cloudwatch_traces_same_forecasts(forecaster: tft.Forecaster, nab_t
                          for csv, profile, n in zip(nab_traces, schema.PROFILES, lengths, strict=False)],
                         ignore_index=True)
     assert_same_prediction(forecaster.model, batches(forecaster.model, history, 2))
+
+
+def test_forward_flops_count_every_product(forecaster: tft.Forecaster, history: pd.DataFrame) -> None:
+    """FLOPs per series: matmuls as torch counts them, LSTMs and attention by formula (models.fused.forward_flops)."""
+    network = fused.FusedTFT(forecaster.model)
+    x = batches(forecaster.model, history, 64)[0]
+    flops = fused.forward_flops(network, x)
+    m = forecaster.model
+    batch = x["encoder_lengths"].shape[0]
+    steps = {"enc": float(x["encoder_lengths"].sum()), "dec": float(x["decoder_lengths"].sum())}
+    lstm = sum(steps[k] * 2 * 4 * mod.hidden_size * ((mod.input_size if layer == 0 else mod.hidden_size)
+                                                     + mod.hidden_size)
+               for k, mod in (("enc", m.lstm_encoder), ("dec", m.lstm_decoder)) for layer in range(mod.num_layers))
+    assert flops["lstm"] == pytest.approx(lstm / batch)
+    lq, length = 96, int(x["encoder_lengths"].max()) + 96
+    assert flops["attention"] == pytest.approx(4 * lq * length * network.attention.d_k * network.attention.n_head)
+    assert flops["matmul"] > 0
+    assert flops["total"] == pytest.approx(flops["matmul"] + flops["lstm"] + flops["attention"])
+    assert fused.matmul_rate(1, size=128, seconds=0.05) > 1e6  # FLOP/s: any machine does a million

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.tft import Forecaster
-from serving import ingest
-from serving.forecasting import PredictionEngine, confidence
+from serving import forecasting, ingest, pages
+from serving.forecasting import PredictionEngine, build_entry, confidence, fill_missing_metrics, rule_thresholds
 from serving.store import FeedStore
 
 
@@ -55,6 +56,47 @@ def test_engine_forecasts_only_servers_with_new_data(tmp_path: Path, tiny_checkp
     assert fc.calls == [sorted({i["server_name"] for i in items}), [items[0]["server_name"]]]
     assert engine.servers_tracked == 3  # the others keep their forecasts
     store.dispose()
+
+
+def test_engine_answers_are_build_entry_serialised(tmp_path: Path, tiny_checkpoint: Path, h: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refresh serialises entries from arrays (serving/forecasting.py, ``_serialised_entry``), in chunks of
+    servers: the bytes are those of ``json.dumps(build_entry(...))`` on each chunk's history, a partial
+    server included, and pages without filters are slices of the unpaged answer."""
+    monkeypatch.setattr(forecasting, "REFRESH_CHUNK", 3)  # 4 servers: two chunks
+    store = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
+    forecaster = Forecaster.from_checkpoint(tiny_checkpoint)
+    engine = PredictionEngine(forecaster, store, {"name": "m", "version": "1", "run_id": "r"})
+    items = h.fleet_items(n_servers=4, steps=300)
+    partial = items[0]["server_name"]
+    for item in items:
+        if item["server_name"] == partial:
+            item.pop("disk_percent")  # never reported: null in the answer, no forecast for it
+    store.upsert(ingest.validate_items(items).rows)
+    assert engine.refresh() == 4
+    names = store.servers()
+    assert partial in names[:3]
+    for chunk in (names[:3], names[3:]):
+        history, missing = fill_missing_metrics(store.history(chunk, steps=engine.read_steps))
+        assert missing == ({partial: ("disk_percent",)} if partial in chunk else {})
+        check_entries(engine, store, forecaster.forecast(history), history, missing)
+    whole = json.loads(engine.predictions_json())["predictions"]
+    page = json.loads(engine.predictions_page(pages.Query.parse(limit=3, offset=1)))
+    assert page["predictions"] == whole[1:4] and page["total"] == 4 and page["next_offset"] is None
+    assert json.loads(engine.predictions_page(pages.Query.parse(limit=2)))["next_offset"] == 2
+    store.dispose()
+
+
+def check_entries(engine: PredictionEngine, store: FeedStore, forecasts: dict[str, Any], history: Any,
+                  missing: dict[str, tuple[str, ...]]) -> None:
+    assert forecasts
+    for name, fc in forecasts.items():
+        server_history = history[history["server_name"] == name].tail(engine.history_steps)
+        expected = build_entry(fc, server_history, engine.alerts.for_server(name),
+                               rule_thresholds(engine.alert_config, fc.profile), None, missing.get(name, ()),
+                               store.profile_sources([name]).get(name))
+        assert engine.server_json(name) == json.dumps(expected, separators=(",", ":")).encode()
+        assert len(expected["history"]["timestamps"]) == engine.history_steps
 
 
 @pytest.mark.parametrize(("content_type", "body", "n"), [

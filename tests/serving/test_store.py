@@ -152,3 +152,24 @@ def test_demo_fleet_resumes_after_records_an_earlier_run_left_in_the_future(stor
     assert web["timestamp"].max() == ahead + pd.Timedelta(minutes=5)  # the new run continues after it
     # the stale record was overwritten by the new fleet's own history, which ends where it stood
     assert web.loc[web["timestamp"] == ahead, "cpu_percent"].item() != 10.0
+
+
+def test_long_server_lists_read_as_a_name_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the IN-list limit the window is read over the list's name range (the refresh's chunks are
+    ranges), and exactly the listed servers come back, whole."""
+    import serving.store as store_module
+
+    store = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
+    start = pd.Timestamp("2026-01-01")
+    rows = [{"server_name": f"s{i}", "timestamp": (start + pd.Timedelta(minutes=5 * k)).to_pydatetime(),
+             "cpu_percent": float(i), "memory_percent": 1.0, "disk_percent": 1.0, "load_average": 1.0,
+             "status": "ok", "profile": "generic"} for i in range(6) for k in range(20)]
+    store.upsert(rows)
+    whole = store.raw_window(["s1", "s2", "s4"])
+    monkeypatch.setattr(store_module, "_MAX_IN", 2)
+    ranged = store.raw_window(["s1", "s2", "s4"])
+    assert sorted(ranged["server_name"].unique()) == ["s1", "s2", "s4"]
+    pd.testing.assert_frame_equal(ranged.sort_values(["server_name", "timestamp"]).reset_index(drop=True),
+                                  whole.sort_values(["server_name", "timestamp"]).reset_index(drop=True))
+    assert len(ranged) == 60
+    store.dispose()
