@@ -9,7 +9,9 @@ The decisions (source per server and metric, the scores) are
 recomputed from those rows when a server's origin has moved on by :data:`LOG_EVERY_STEPS` steps (and after
 a restart), in the worker, from rows and the history the refresh already read.
 
-A new server (no logged forecast yet) is backtested once on its own history: the model forecasts from the
+A new server (no logged forecast yet; or, once, a server with a day of history and no score yet: one
+that streamed in, whose first forecasts came from a partial history)
+is backtested on its own history: the model forecasts from the
 history cut ``BACKTEST_LEADS`` steps before its end (one batched call per cut, for every new server of
 the refresh; ``FLEETCAST_GUARD_BACKTEST_ORIGINS`` cuts, 0: none), those forecasts and the naive ones at
 the same cuts are logged as if issued then, and scored like the rest. A server with under
@@ -83,6 +85,7 @@ class ForecastGuard:
         self.backtest_leads = BACKTEST_LEADS[len(BACKTEST_LEADS) - max(0, min(backtest_origins, len(BACKTEST_LEADS))):]
         self._scores: dict[str, list[guard.MetricScore]] = {}
         self._scored_at: dict[str, pd.Timestamp] = {}
+        self._backtested: set[str] = set()  # servers backtested by this worker for this model
         self._bands: dict[str, dict[str, tuple[pd.Timestamp, np.ndarray]]] = {}  # server -> naive -> (origin, band)
         self._lock = threading.Lock()
 
@@ -100,9 +103,18 @@ class ForecastGuard:
         values = {n: history[n][list(schema.METRICS)].to_numpy(dtype=float) for n in names}
         logged = self._last_logged(names)
         rows: list[dict[str, Any]] = []
-        new = [n for n in names if n not in logged]
+        # a backtest for a server never logged, and once (per model and worker) for one that has a day of
+        # history and still no score (it streamed in: its first forecasts came from a partial history and
+        # their actuals have not arrived, e.g. a backfill posted in several requests)
+        with self._lock:
+            unscored = {n for n in names if n in logged and n not in self._backtested
+                        and len(values[n]) >= schema.ENCODER_STEPS
+                        and not any(s.best_naive for s in self._scores.get(n) or [])}
+        new = [n for n in names if n not in logged or n in unscored]
         if new and self.backtest_leads:
             rows += self._backtest(new, history, values, forecaster)
+            with self._lock:
+                self._backtested.update(n for n in new if len(values[n]) >= schema.ENCODER_STEPS)
         for n in names:
             fc = forecasts[n]
             last = logged.get(n)
@@ -110,7 +122,7 @@ class ForecastGuard:
                 p50 = np.stack([fc.quantiles[m][:, 1] for m in schema.METRICS], axis=-1)
                 rows.append(self._row(n, fc.origin, p50, values[n]))
         self._write(rows, max(fc.origin for fc in forecasts.values()))
-        written = {r[schema.SERVER] for r in rows}
+        written = {r[schema.SERVER] for r in rows} | set(new)
         due = [n for n in names if n in written or n not in self._scored_at
                or forecasts[n].origin - self._scored_at[n] >= LOG_EVERY_STEPS * _STEP]
         if due:
@@ -247,6 +259,7 @@ class ForecastGuard:
             self.model = model_key(model_info)
             self._scores.clear()
             self._scored_at.clear()
+            self._backtested.clear()
             self._bands.clear()
 
     # --- reporting -------------------------------------------------------------------------------------
@@ -256,6 +269,7 @@ class ForecastGuard:
                 self._scores.pop(n, None)
                 self._scored_at.pop(n, None)
                 self._bands.pop(n, None)
+                self._backtested.discard(n)
 
     def summary(self, sources: dict[str, dict[str, str]]) -> dict[str, Any]:
         """For /health: servers per source and metric, and the fleet's skill per metric (of ``sources``'

@@ -211,3 +211,23 @@ def test_servers_on_different_days_keep_their_own_scores(store: FeedStore) -> No
     assert sources["now-1"] != "model" and sources["replay-1"] != "model", sources
     scores = engine.guard.metric_scores("replay-1")
     assert scores is not None and scores[0].scored_steps > 0
+
+
+def test_a_server_that_streamed_in_is_backtested_once_it_has_a_day(store: FeedStore) -> None:
+    """A backfill posted in parts: the first refresh sees an hour (its forecast is logged, no actuals
+    yet, no score); once a day of history is in, the guard backtests it instead of waiting for actuals."""
+    engine = PredictionEngine(StubForecaster(60.0), store, {"name": "stub"},
+                              guard=ForecastGuard(store.engine, model_info={"name": "stub"}))
+    post(store, 0, 12)
+    engine.refresh()
+    assert served(engine)["forecast_source"]["cpu_percent"] == "model"  # no evidence yet
+    post(store, 12, 300)  # the rest of the backfill: 288 steps later, no logged forecast has 8 h of actuals
+    engine.refresh()
+    assert served(engine)["forecast_source"]["cpu_percent"] != "model"
+    assert engine.guard.metric_scores(SERVER)[0].scored_steps >= guard_min_steps()
+
+
+def guard_min_steps() -> int:
+    from models import guard
+
+    return guard.MIN_SCORED_STEPS
