@@ -4,7 +4,7 @@ State: the forecasts the service issued are kept in the feed store's database, t
 (one row per server and origin: the model's P50 and the fallbacks' P50s, float32), not in the worker's
 memory, so they survive a restart and any worker reads the same. A forecast is logged at most every
 :data:`LOG_EVERY_STEPS` steps per server (hourly origins: 24 rows per server and day, about 4 KB each);
-rows two days older than the server's newest are deleted (any older than 30 days, for servers gone).
+rows two days older than the server's own newest are deleted (servers need not share a clock).
 The decisions (source per server and metric, the scores) are
 recomputed from those rows when a server's origin has moved on by :data:`LOG_EVERY_STEPS` steps (and after
 a restart), in the worker, from rows and the history the refresh already read.
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 LOG_EVERY_STEPS = 12  # one logged forecast per server and hour
 KEEP = pd.Timedelta(days=2)  # a server's logged forecasts older than this (vs its newest origin) are deleted
-FORGET = pd.Timedelta(days=30)  # any server's, older than this vs the newest origin of all (servers gone)
 BACKTEST_LEADS = (96, 72, 48, 24)  # cuts before the end of a new server's history, most first
 _STEP = pd.Timedelta(minutes=schema.STEP_MINUTES)
 _SHAPE = (len(guard.SOURCES), schema.HORIZON_STEPS, len(schema.METRICS))
@@ -121,7 +120,7 @@ class ForecastGuard:
             if last is None or fc.origin - last >= LOG_EVERY_STEPS * _STEP:
                 p50 = np.stack([fc.quantiles[m][:, 1] for m in schema.METRICS], axis=-1)
                 rows.append(self._row(n, fc.origin, p50, values[n]))
-        self._write(rows, max(fc.origin for fc in forecasts.values()))
+        self._write(rows)
         written = {r[schema.SERVER] for r in rows} | set(new)
         due = [n for n in names if n in written or n not in self._scored_at
                or forecasts[n].origin - self._scored_at[n] >= LOG_EVERY_STEPS * _STEP]
@@ -233,7 +232,7 @@ class ForecastGuard:
                         out.setdefault(server, []).append((o, np.frombuffer(blob, dtype=np.float32).reshape(_SHAPE)))
         return out
 
-    def _write(self, rows: list[dict[str, Any]], newest: pd.Timestamp) -> None:
+    def _write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         if self.engine.dialect.name == "postgresql":
@@ -248,10 +247,10 @@ class ForecastGuard:
         expire = sa.delete(guard_table).where(col == sa.bindparam("s"), guard_table.c.origin < sa.bindparam("cut"))
         with self.engine.begin() as conn:
             conn.execute(stmt, rows)
-            # per server, relative to its own newest origin (servers need not share a clock: a backfill, a
-            # replay, a benchmark posting windows of different days); servers gone quiet: after FORGET
+            # per server, relative to its own newest origin: servers need not share a clock (a backfill, a
+            # replay, a benchmark posting windows of different months). A server gone quiet keeps its last
+            # two days of rows (<= 48, ~200 KB), as the store keeps its records
             conn.execute(expire, [{"s": s, "cut": o - KEEP.to_pytimedelta()} for s, o in latest.items()])
-            conn.execute(sa.delete(guard_table).where(guard_table.c.origin < (newest - FORGET).to_pydatetime()))
 
     def use_model(self, model_info: dict[str, Any]) -> None:
         """Score another model from now on: its own logged forecasts (or a backtest of it) decide."""

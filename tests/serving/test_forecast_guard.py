@@ -191,9 +191,9 @@ def test_guard_through_a_real_bentoml_serve(tmp_path: Path, tiny_checkpoint: Pat
 
 
 def test_servers_on_different_days_keep_their_own_scores(store: FeedStore) -> None:
-    """Retention is per server (vs its own newest origin): a server whose data ends three days before
+    """Retention is per server (vs its own newest origin): a server whose data ends 40 days before
     another's (a backfill, a replay) keeps its backtest and is decided on it like the other."""
-    for name, shift in (("now-1", 0), ("replay-1", -3 * 288)):
+    for name, shift in (("now-1", 0), ("replay-1", -40 * 288)):
         i = np.arange(0, 300)
         rows = [{"timestamp": (T0 + int(k + shift) * STEP).isoformat(), "server_name": name, "profile": "web_api",
                  "cpu_percent": round(float(c), 3), "memory_percent": 40.0, "disk_percent": 30.0,
