@@ -12,7 +12,7 @@ exposition (``serving/exposition.py``: ``GET /metrics/forecasts``).
 
 With a forecast guard (``serving/forecast_guard.py``, on unless ``FLEETCAST_GUARD=0``) the refresh reads
 a day more history than the encoder takes, and each server's metric is served the model's forecast or
-the best naive one, whichever scored better on the server's recent forecasts; entries say which
+a naive fallback, whichever scored better on the server's recent forecasts; entries say which
 (``forecast_source``) and the alerts are evaluated on what is served.
 """
 

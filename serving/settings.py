@@ -77,8 +77,9 @@ class ServiceSettings(BaseSettings):
     refresh_seconds: float = env("FLEETCAST_REFRESH_SECONDS", 5.0, None,
                                  "at most this often the background thread forecasts servers with new data")
     guard: bool = env("FLEETCAST_GUARD", True, None,
-                      "`0` always serves the model; by default each server's metric gets the model's forecast or the "
-                      "best naive one, whichever scored better on its last 24 h (docs/api.md, `forecast_source`)")
+                      "`0` always serves the model; by default each server's metric gets the model's forecast or a "
+                      "naive fallback (the naive ensemble, or a baseline clearly better), whichever scored better on "
+                      "its last 24 h (docs/api.md, `forecast_source`)")
     guard_backtest_origins: int = env("FLEETCAST_GUARD_BACKTEST_ORIGINS", 4, None,
                                       "a new server's model is backtested at this many origins of its own history "
                                       "(0 to 4; 0: it gets the model until live forecasts are scored)")
