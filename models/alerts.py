@@ -251,10 +251,6 @@ def _fmt_value(metric: str, value: float) -> str:
     return f"{value:g}"
 
 
-def _iso(ts: pd.Timestamp | Any) -> str:
-    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def severity_for(level: str, certain: bool, hours_to_breach: float, soon_hours: float) -> str:
     score = (2 if level == "critical" else 1) + int(certain) + int(hours_to_breach <= soon_hours)
     return _SCORE_TO_SEVERITY[score]
@@ -444,7 +440,7 @@ def evaluate_metric(
             "level": level,
             "message": message,
             "explanation": explanation,
-            "prediction_time": _iso(when),
+            "prediction_time": schema.iso(when),
             "metric": rule.metric,
             "threshold": round(threshold, 2),
             "current_value": None if current is None else round(float(current), 2),
@@ -519,7 +515,7 @@ class AlertBook:
         """Take ``server_name``'s latest evaluation ``alerts`` at data time ``now``; returns the alert types
         that opened with it."""
         t = pd.Timestamp(now)
-        stamp = _iso(t)
+        stamp = schema.iso(t)
         fresh = {(server_name, a["alert_type"]): dict(a) for a in alerts}
         for key in [k for k in self._pending if k[0] == server_name and k not in fresh]:
             del self._pending[key]  # the run broke before the alert opened

@@ -13,8 +13,17 @@ from starlette.testclient import TestClient
 
 from models import schema, simulator
 from serving.demo_fleet import frame_to_items
+from serving.store import FeedStore
 
 N_SERVERS = 4
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FeedStore]:
+    """A fresh feed store on SQLite in the test's directory."""
+    s = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
+    yield s
+    s.dispose()
 
 
 def now_floor() -> pd.Timestamp:

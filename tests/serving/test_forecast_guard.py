@@ -64,13 +64,6 @@ def served(engine: PredictionEngine) -> dict[str, Any]:
     return json.loads(engine.predictions_json())["predictions"][0]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FeedStore:
-    s = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
-    yield s
-    s.dispose()
-
-
 def test_guard_switches_to_naive_when_the_model_is_worse_and_back_when_it_is_better(store: FeedStore) -> None:
     stub = StubForecaster(error=60.0)  # far above every naive; its P50 crosses the CPU alert thresholds
     engine = PredictionEngine(stub, store, {"name": "stub", "version": "1", "run_id": None},

@@ -27,13 +27,6 @@ def frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FeedStore:
-    s = FeedStore(f"sqlite:///{tmp_path / 'feed.db'}")
-    yield s
-    s.dispose()
-
-
 def test_upsert_overwrites_same_server_and_timestamp(store: FeedStore) -> None:
     store.upsert([row("a", T0, 10.0), row("a", T0 + timedelta(minutes=5), 11.0)])
     store.upsert([row("a", T0, 99.0)])  # a retry with a corrected value
