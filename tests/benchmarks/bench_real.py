@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
-from fleetcast_testkit.serve import served  # noqa: E402
+from fleetcast_testkit.serve import served, service_env, wire_items  # noqa: E402
 
 from models import baselines, config, features, schema, tft  # noqa: E402
 
@@ -182,22 +182,12 @@ def model_forecasts(forecaster: tft.Forecaster, records: pd.DataFrame) -> Quanti
     return {server: fc.quantiles for server, fc in out.items()}
 
 
-def items_of(frame: pd.DataFrame) -> list[dict[str, object]]:
-    out = frame[list(schema.COLUMNS)].copy()
-    out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    for m in schema.METRICS:
-        out[m] = out[m].astype(float).round(4)
-    return out.to_dict(orient="records")
-
-
 @contextlib.contextmanager
 def service(checkpoint: Path, workdir: Path) -> Iterator[httpx.Client]:
     """A real ``bentoml serve`` of the checkout with its own data dir, BentoML home and feed store."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, FLEETCAST_DATA_DIR=str(workdir), BENTOML_HOME=str(workdir / "bentoml"),
-               FLEETCAST_STORE_URL=f"sqlite:///{workdir / 'feed.db'}", FLEETCAST_MODEL_PATH=str(checkpoint),
-               FLEETCAST_RATE_LIMIT_PER_SECOND="0", FLEETCAST_DEMO_FLEET="0", FLEETCAST_REFRESH_SECONDS="5",
-               PYTHONPATH=str(config.PROJECT_ROOT))
+    env = service_env(workdir, FLEETCAST_MODEL_PATH=str(checkpoint), FLEETCAST_RATE_LIMIT_PER_SECOND="0",
+                      FLEETCAST_REFRESH_SECONDS="5", PYTHONPATH=str(config.PROJECT_ROOT))
     env.pop("MLFLOW_TRACKING_URI", None)
     with served(workdir / "serve.log", env, timeout=300) as server, \
             httpx.Client(base_url=server.url, timeout=300) as client:
@@ -209,7 +199,7 @@ def served_forecasts(client: httpx.Client, records: pd.DataFrame, timeout: float
     # server by server (each window's 288 steps together, as the protocol posts "one server"): posted in
     # time order, a refresh between two requests would see most windows half-posted and the guard would
     # judge them on a backtest of a partial history (docs/performance.md "Guard")
-    items = items_of(records.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable"))
+    items = wire_items(records.sort_values([schema.SERVER, schema.TIMESTAMP], kind="stable"), 4)
     for i in range(0, len(items), POST_BATCH):
         r = client.post("/feed/data", json={"records": items[i:i + POST_BATCH]})
         r.raise_for_status()

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # fleetcast_testkit
-from fleetcast_testkit.serve import served, service_env  # noqa: E402
+from fleetcast_testkit.serve import served, service_env, wire_items  # noqa: E402
 
 from models import features, schema, simulator, tft  # noqa: E402
 
@@ -168,14 +168,6 @@ def quantization(forecaster: tft.Forecaster, history: pd.DataFrame, seconds_floa
         print(f"    {metric:<16} float {f32:6.3f}  int8 {i8:6.3f}  ({100 * (i8 - f32) / f32:+.1f} %)")
 
 
-def items_of(frame: pd.DataFrame) -> list[dict]:
-    out = frame[list(schema.COLUMNS)].copy()
-    out[schema.TIMESTAMP] = out[schema.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    for m in schema.METRICS:
-        out[m] = out[m].astype(float).round(2)
-    return out.to_dict(orient="records")
-
-
 @contextlib.contextmanager
 def serving(forecaster: tft.Forecaster) -> Iterator[httpx.Client]:
     """A real ``bentoml serve`` subprocess on loopback running ``forecaster``, with state in a temp dir."""
@@ -194,7 +186,7 @@ def feed_and_wait(client: httpx.Client, history: pd.DataFrame) -> tuple[int, int
 
     Returns (records, batches, ingest seconds, seconds from the last POST to that forecast batch).
     """
-    records = items_of(history.sort_values([schema.TIMESTAMP, schema.SERVER]))
+    records = wire_items(history.sort_values([schema.TIMESTAMP, schema.SERVER]), 2)
     batches = [records[i:i + 1000] for i in range(0, len(records), 1000)]
     t0 = time.perf_counter()
     for batch in batches:

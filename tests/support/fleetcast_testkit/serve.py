@@ -18,11 +18,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
 
 from fleetcast_testkit import free_port
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -47,6 +51,18 @@ def service_env(state: Path, **overrides: str) -> dict[str, str]:
     store) and no demo fleet; ``overrides`` (e.g. ``FLEETCAST_MODEL_PATH``) are set last."""
     return {**os.environ, "FLEETCAST_DATA_DIR": str(state), "BENTOML_HOME": str(state / "bentoml"),
             "FLEETCAST_STORE_URL": f"sqlite:///{state / 'feed.db'}", "FLEETCAST_DEMO_FLEET": "0", **overrides}
+
+
+def wire_items(frame: pd.DataFrame, decimals: int) -> list[dict[str, Any]]:
+    """Contract records as a shipper posts them (``serving.demo_fleet.frame_to_items``), metrics rounded to
+    ``decimals`` places to keep benchmark requests small."""
+    from models import schema
+    from serving.demo_fleet import frame_to_items
+
+    out = frame[list(schema.COLUMNS)].copy()
+    for m in schema.METRICS:
+        out[m] = out[m].astype(float).round(decimals)
+    return frame_to_items(out)
 
 
 def bentoml_command(host: str, port: int) -> list[str]:
