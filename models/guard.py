@@ -201,7 +201,10 @@ def naive_quantiles(values: np.ndarray, name: str, horizon: int = schema.HORIZON
     """``[horizon, metrics, 3]``: P10, P50, P90 of fallback ``name`` (:data:`FALLBACKS`) from ``values``
     ([steps, metrics]), clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets when
     already known."""
-    p50 = naive_points(values, horizon)[FALLBACKS.index(name)]
+    if name == ENSEMBLE:  # only the forecast asked for: this runs on every refresh for servers served one
+        p50 = ensemble_points(values, horizon)
+    else:
+        p50 = _baseline_points(values, horizon)[NAIVES.index(name)]
     if np.isnan(p50).any():
         raise ValueError(f"{name} needs {schema.STEPS_PER_DAY} steps of history, got {values.shape[0]}")
     if band is None:

@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_real as br  # noqa: E402
 
 from models import guard, schema  # noqa: E402
-
-BACKTEST_LEADS = (96, 72, 48, 24)  # serving/forecast_guard.BACKTEST_LEADS
+from serving.forecast_guard import BACKTEST_LEADS  # noqa: E402
 
 
 def guard_pick(values: np.ndarray) -> str:
