@@ -332,6 +332,8 @@ class PredictionEngine:
             server_alerts = alert_rules.evaluate_forecast(name, fc.profile, quantiles, fc.timestamps,
                                                           fc.origin, current, self.alert_config, recent)
             types = self.alerts.update(name, server_alerts, fc.origin)  # data time: as in models.backtest
+            if not types:  # nothing opened: the book is read once, in the second pass
+                continue
             by_type = {a["alert_type"]: a for a in self.alerts.for_server(name)}
             new = [t for t in types if t in by_type and not by_type[t].get("already_above")
                    and sources.get(name, {}).get(by_type[t]["metric"], MODEL_SOURCE) == MODEL_SOURCE]
