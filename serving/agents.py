@@ -26,7 +26,8 @@ Mappings (docs/api.md lists them):
   (state ``used``) -> memory, ``system.filesystem.utilization`` of the root mount -> disk,
   ``system.cpu.load_average.1m`` -> load; server from the resource's ``host.name``, profile from its
   ``fleetcast.profile``;
-- collectd: ``cpu`` (``ValuesPercentage true``: type ``percent`` per state, or ``active``), ``memory``
+- collectd: ``cpu`` (``ValuesPercentage true``: type ``percent`` per state, counted once a CPU's states
+  add up to 100 %, or ``active``), ``memory``
   (``percent``: ``used`` + ``slab_unrecl``), ``df`` of the root instance (``percent_bytes``: 100 - ``free``),
   ``load`` (``shortterm``); server from ``host``.
 """
@@ -113,7 +114,7 @@ def _finite(value: float) -> bool:
 def _record(server: str, t: float, part: dict[str, Any]) -> dict[str, Any] | None:
     """The record a sample time's parts give now (None: no metric computable yet)."""
     values: dict[str, float] = {}
-    if part.get("cpu_total", 0.0) > 0:
+    if part.get("cpu_total", 0.0) > 0 and part.get("cpu_idle_seen"):  # without idle, a part reads as 100 % busy
         values[CPU] = 100.0 * part["cpu_busy"] / part["cpu_total"]
     elif "cpu" in part:
         values[CPU] = part["cpu"]
@@ -153,6 +154,7 @@ def _add_cpu_counter(combiner: Combiner, slot: dict[str, Any], key: tuple[Any, .
         return False
     slot["cpu_total"] = slot.get("cpu_total", 0.0) + delta
     slot["cpu_busy"] = slot.get("cpu_busy", 0.0) + (0.0 if state in IDLE_STATES else delta)
+    slot["cpu_idle_seen"] = slot.get("cpu_idle_seen", False) or state in IDLE_STATES
     return True
 
 
@@ -260,6 +262,8 @@ def decode_remote_write(request: Any, combiner: Combiner, config: RemoteWriteCon
                     part["cpu_total"] = part.get("cpu_total", 0.0) + delta
                     if not idle:
                         part["cpu_busy"] = part.get("cpu_busy", 0.0) + delta
+                    else:
+                        part["cpu_idle_seen"] = True
                     if profile is not None:
                         part["profile"] = profile
                 last_t, last_v = t, value
@@ -273,6 +277,8 @@ def decode_remote_write(request: Any, combiner: Combiner, config: RemoteWriteCon
             for k, v in part.items():
                 if k in ("cpu_total", "cpu_busy"):
                     slot[k] = slot.get(k, 0.0) + v
+                elif k == "cpu_idle_seen":
+                    slot[k] = True
                 else:
                     slot[k] = v
             if "cpu_total" in slot:
@@ -379,6 +385,7 @@ def _otlp_point(combiner: Combiner, server: str, name: str, attrs: dict[str, Any
     if name == "system.cpu.utilization":
         slot["cpu_total"] = slot.get("cpu_total", 0.0) + value
         slot["cpu_busy"] = slot.get("cpu_busy", 0.0) + (0.0 if state in IDLE_STATES else value)
+        slot["cpu_idle_seen"] = slot.get("cpu_idle_seen", False) or state in IDLE_STATES
         return True
     if name == "system.cpu.time":
         return _add_cpu_counter(combiner, slot, ("otlp", server, attrs.get("cpu", ""), state), t, value, state)
@@ -427,6 +434,10 @@ def otlp_status(media: str, code: int, message: str) -> tuple[bytes, str]:
 # --- collectd write_http JSON --------------------------------------------------------------------------
 COLLECTD_KEYS = ("values", "dstypes", "dsnames", "plugin")
 _COLLECTD_USED = frozenset({"cpu", "memory", "df", "load"})
+# collectd's percentages of one CPU's states add up to 100; write_http's buffer may split them over two
+# requests, and a share computed from the first part alone (user and system, idle still to come) reads as
+# 100 % busy. A CPU counts once its states reach this sum.
+COLLECTD_CPU_COMPLETE = 99.0
 
 
 def is_collectd(items: list[Any]) -> bool:
@@ -470,9 +481,12 @@ def decode_collectd(items: list[Any], combiner: Combiner,
             if plugin == "cpu" and kind == "percent":
                 if state == "active":
                     slot["cpu"] = float(value)
-                else:
-                    slot["cpu_total"] = slot.get("cpu_total", 0.0) + value
-                    slot["cpu_busy"] = slot.get("cpu_busy", 0.0) + (0.0 if state in IDLE_STATES else value)
+                else:  # per state, per CPU (plugin_instance): counted once the CPU's states add up to 100 %
+                    total, busy = slot.setdefault("cpu_states", {}).get(instance, (0.0, 0.0))
+                    slot["cpu_states"][instance] = (total + value, busy + (0.0 if state in IDLE_STATES else value))
+                    complete = [tb for tb in slot["cpu_states"].values() if tb[0] >= COLLECTD_CPU_COMPLETE]
+                    if complete:
+                        slot["cpu"] = 100.0 * sum(b for _, b in complete) / sum(t for t, _ in complete)
             elif plugin == "memory" and kind == "percent" and state in ("used", "slab_unrecl"):
                 slot[f"mem_{state}"] = float(value)
                 slot["mem"] = slot.get("mem_used", 0.0) + slot.get("mem_slab_unrecl", 0.0)

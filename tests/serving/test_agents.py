@@ -304,6 +304,42 @@ def test_collectd_json_is_recognised_at_feed_data(client: TestClient, service_en
         store.dispose()
 
 
+def test_collectd_cpu_states_split_over_two_requests_never_read_as_busy() -> None:
+    # write_http's buffer filled after user and system: idle (and the second CPU) come in the next request
+    combiner, t = agents.Combiner(), NOW.timestamp()
+    first = [collectd("cd-2", t, "cpu", "percent", [6.0], instance="0", type_instance="user"),
+             collectd("cd-2", t, "cpu", "percent", [2.0], instance="0", type_instance="system")]
+    decoded, errors = agents.decode_collectd(first, combiner)
+    assert errors == [] and decoded.items == []  # half a CPU's states: no cpu value yet, not 100 % busy
+    second = [collectd("cd-2", t, "cpu", "percent", [92.0], instance="0", type_instance="idle"),
+              collectd("cd-2", t, "cpu", "percent", [30.0], instance="1", type_instance="user")]
+    decoded, _ = agents.decode_collectd(second, combiner)
+    assert [item["cpu_percent"] for item in decoded.items] == [8.0]  # CPU 0 only: CPU 1 is not complete
+    decoded, _ = agents.decode_collectd([collectd("cd-2", t, "cpu", "percent", [70.0], instance="1",
+                                                  type_instance="idle")], combiner)
+    assert [item["cpu_percent"] for item in decoded.items] == [19.0]  # (8 + 30) / 200
+
+
+def test_remote_write_cpu_modes_split_over_shards_wait_for_idle() -> None:
+    combiner = agents.Combiner()
+
+    def write(samples: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
+        request = WriteRequest()
+        for mode, points in samples.items():
+            series = request.timeseries.add()
+            for name, value in (("__name__", "node_cpu_seconds_total"), ("instance", "rw-9:9100"),
+                                ("cpu", "0"), ("mode", mode)):
+                series.labels.add(name=name, value=value)
+            for ts, value in points:
+                series.samples.add(timestamp=int(ts * 1000), value=value)
+        return agents.decode_remote_write(request, combiner, agents.RemoteWriteConfig()).items
+
+    t0 = NOW.timestamp()
+    write({"user": [(t0, 100.0)], "idle": [(t0, 1000.0)]})  # the counters' first values: no rate yet
+    assert write({"user": [(t0 + 15, 103.0)]}) == []  # the shard with user only: not 100 % busy
+    assert [i["cpu_percent"] for i in write({"idle": [(t0 + 15, 1012.0)]})] == [20.0]
+
+
 # --- a server that never reports a metric ----------------------------------------------------------------
 def test_a_cpu_only_server_gets_a_cpu_forecast_and_nothing_for_the_rest(client: TestClient, h: Any) -> None:
     # the other server's memory is at 99 %: a filled-in value for the cpu-only server would raise an alert
