@@ -122,3 +122,23 @@ def test_aliases_only_fill_missing_contract_fields() -> None:
     out = ingest.apply_aliases({"hostname": "h1", "server_name": "s1", "cpu": 5, "host": {"name": "x"}})
     assert out["server_name"] == "s1" and out["cpu_percent"] == 5
     assert ingest.apply_aliases({"host": {"name": "ecs-host"}})["server_name"] == "ecs-host"
+
+
+def test_an_idle_servers_band_survives_the_answers_rounding() -> None:
+    import pandas as pd
+
+    from models import schema
+    from models.tft import ServerForecast
+
+    # a server idling at 0.134 % CPU, its band a few thousandths of a point wide (as on NAB trace 24ae8d)
+    band = np.tile([0.1312, 0.134, 0.1344], (96, 1))
+    q = {m: band for m in schema.METRICS}
+    origin = pd.Timestamp("2026-01-01 00:00")
+    fc = ServerForecast("idle-1", "generic", origin, pd.date_range(origin, periods=97, freq="5min")[1:], q, 288, False)
+    history = pd.DataFrame({schema.TIMESTAMP: [origin], schema.SERVER: ["idle-1"], schema.PROFILE: ["generic"],
+                            schema.STATUS: ["normal"], **{m: [0.134] for m in schema.METRICS}})
+    entry = build_entry(fc, history, [], thresholds={})
+    cpu = entry["forecast"]["cpu_percent"]
+    assert cpu["p10"][0] < cpu["p90"][0] and cpu["p10"][0] <= 0.134 <= cpu["p90"][0]  # 2 decimals: 0.13-0.13
+    assert entry["predicted"]["cpu_percent"] == cpu["p50"][-1] == 0.134
+    assert entry["current"]["cpu_percent"] == 0.13  # everything else keeps 2 decimals
