@@ -197,14 +197,13 @@ def naive_band(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEP
 
 
 def naive_quantiles(values: np.ndarray, name: str, horizon: int = schema.HORIZON_STEPS,
-                    band: np.ndarray | None = None) -> np.ndarray:
+                    band: np.ndarray | None = None, p50: np.ndarray | None = None) -> np.ndarray:
     """``[horizon, metrics, 3]``: P10, P50, P90 of fallback ``name`` (:data:`FALLBACKS`) from ``values``
-    ([steps, metrics]), clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets when
-    already known."""
-    if name == ENSEMBLE:  # only the forecast asked for: this runs on every refresh for servers served one
-        p50 = ensemble_points(values, horizon)
-    else:
-        p50 = _baseline_points(values, horizon)[NAIVES.index(name)]
+    ([steps, metrics]), clipped to the contract's ranges. ``band``: :func:`naive_band`'s offsets and
+    ``p50``: the fallback's forecast (``naive_points(values)[FALLBACKS.index(name)]``), when already known."""
+    if p50 is None:  # only the forecast asked for: this runs on every refresh for servers served one
+        p50 = (ensemble_points(values, horizon) if name == ENSEMBLE
+               else _baseline_points(values, horizon)[NAIVES.index(name)])
     if np.isnan(p50).any():
         raise ValueError(f"{name} needs {schema.STEPS_PER_DAY} steps of history, got {values.shape[0]}")
     if band is None:

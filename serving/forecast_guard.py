@@ -102,6 +102,7 @@ class ForecastGuard:
         values = {n: history[n][list(schema.METRICS)].to_numpy(dtype=float) for n in names}
         logged = self._last_logged(names)
         rows: list[dict[str, Any]] = []
+        points: dict[str, np.ndarray] = {}  # the fallbacks' P50s of this origin, where logged: served from too
         # a backtest for a server never logged, and once (per model and worker) for one that has a day of
         # history and still no score (it streamed in: its first forecasts came from a partial history and
         # their actuals have not arrived, e.g. a backfill posted in several requests)
@@ -119,7 +120,7 @@ class ForecastGuard:
             last = logged.get(n)
             if last is None or fc.origin - last >= LOG_EVERY_STEPS * _STEP:
                 p50 = np.stack([fc.quantiles[m][:, 1] for m in schema.METRICS], axis=-1)
-                rows.append(self._row(n, fc.origin, p50, values[n]))
+                rows.append(self._row(n, fc.origin, p50, values[n], points))
         self._write(rows)
         written = {r[schema.SERVER] for r in rows} | set(new)
         due = [n for n in names if n in written or n not in self._scored_at
@@ -138,7 +139,7 @@ class ForecastGuard:
                 quantiles = dict(fc.quantiles)
                 for name in set(naive.values()):
                     try:
-                        q = self._naive(n, name, values[n], fc.origin)
+                        q = self._naive(n, name, values[n], fc.origin, points.get(n))
                     except ValueError:  # history shorter than the naive needs now: keep the model
                         for m in [m for m, s in naive.items() if s == name]:
                             chosen[m] = guard.MODEL
@@ -151,16 +152,24 @@ class ForecastGuard:
             sources[n] = chosen
         return served, sources
 
-    def _naive(self, server: str, name: str, values: np.ndarray, origin: pd.Timestamp) -> np.ndarray:
-        """The naive's quantiles; its band (the costly part) is recomputed hourly, like the scores."""
+    def _naive(self, server: str, name: str, values: np.ndarray, origin: pd.Timestamp,
+               points: np.ndarray | None = None) -> np.ndarray:
+        """The naive's quantiles; its band (the costly part) is recomputed hourly, like the scores.
+        ``points``: the fallbacks' P50s from ``values`` when this refresh logged them (not computed twice)."""
         bands = self._bands.setdefault(server, {})
         cached = bands.get(name)
         if cached is None or origin - cached[0] >= LOG_EVERY_STEPS * _STEP:
             cached = bands[name] = (origin, guard.naive_band(values, name))
-        return guard.naive_quantiles(values, name, band=cached[1])
+        p50 = None if points is None else points[guard.FALLBACKS.index(name)]
+        return guard.naive_quantiles(values, name, band=cached[1], p50=p50)
 
-    def _row(self, server: str, origin: pd.Timestamp, model_p50: np.ndarray, values: np.ndarray) -> dict[str, Any]:
-        p50 = np.concatenate([model_p50[None], guard.naive_points(values)], axis=0).astype(np.float32)
+    def _row(self, server: str, origin: pd.Timestamp, model_p50: np.ndarray, values: np.ndarray,
+             keep: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """A ledger row: the model's P50 beside the fallbacks' from ``values`` (into ``keep[server]`` too)."""
+        naive = guard.naive_points(values)
+        if keep is not None:
+            keep[server] = naive
+        p50 = np.concatenate([model_p50[None], naive], axis=0).astype(np.float32)
         return {schema.SERVER: server, "origin": pd.Timestamp(origin).to_pydatetime(), "model": self.model,
                 "p50": p50.tobytes()}
 

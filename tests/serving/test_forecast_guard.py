@@ -224,3 +224,31 @@ def guard_min_steps() -> int:
     from models import guard
 
     return guard.MIN_SCORED_STEPS
+
+
+def test_a_logged_refresh_computes_the_fallbacks_once_and_serves_the_same(store: FeedStore) -> None:
+    """The hour's ledger row and the forecast served come from one ``naive_points`` per server, and what is
+    served equals the fallback computed on its own (``guard.naive_quantiles``)."""
+    from unittest import mock
+
+    from models import guard
+
+    info = {"name": "stub"}
+    engine = PredictionEngine(StubForecaster(60.0), store, info,
+                              guard=ForecastGuard(store.engine, backtest_origins=1, model_info=info))
+    post(store, 0, 288)
+    with mock.patch.object(guard, "naive_points", wraps=guard.naive_points) as points, \
+            mock.patch.object(guard, "ensemble_points", wraps=guard.ensemble_points) as ensemble, \
+            mock.patch.object(guard, "_baseline_points", wraps=guard._baseline_points) as base:
+        engine.refresh()
+    # one backtest cut + this origin, each once; before, serving a fallback computed it a third time
+    calls = (points.call_count, ensemble.call_count, base.call_count)
+    assert calls == (2, 2, 2), calls
+    entry = served(engine)
+    source = entry["forecast_source"]["cpu_percent"]
+    assert source != "model"
+    history = store.history([SERVER], steps=576)
+    values = history[list(schema.METRICS)].to_numpy(dtype=float)
+    expected = guard.naive_quantiles(values, source)[:, 0, :]
+    assert entry["forecast"]["cpu_percent"]["p50"] == np.round(expected[:, 1], 3).tolist()
+    assert entry["forecast"]["cpu_percent"]["p90"] == np.round(expected[:, 2], 3).tolist()
